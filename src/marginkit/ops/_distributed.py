@@ -1,0 +1,70 @@
+r"""The N-length collectives of the model-parallel margin cross-entropy.
+
+Under a process group every rank holds a contiguous shard of the classes (rank ``r`` holds the
+classes after those of ranks ``< r``; shards may be uneven) and the same ``N`` rows. Only
+N-length vectors (and one int per rank) cross the network:
+
+1. :func:`class_shard_offset`: an all-gather of each rank's shard size gives this rank's first
+   class id and the total number of classes;
+2. :func:`combine_row_logsumexp`: with local row log-sum-exps :math:`\ell_r`, an all-reduce MAX
+   gives :math:`M = \max_r \ell_r`, then an all-reduce SUM of :math:`e^{\ell_r - M}` gives the
+   global :math:`M + \log \sum_r e^{\ell_r - M}`. The target cosine (present on its owner only,
+   zero elsewhere) rides along in the same SUM.
+
+The op kernels call these with the group resolved from its name (custom ops take strings, not
+``ProcessGroup`` objects); an empty name means single process.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def group_name(group: dist.ProcessGroup | None) -> str:
+    """Return the name a custom op receives for ``group`` (``""`` for single process)."""
+    return "" if group is None else group.group_name
+
+
+def resolve_group(name: str) -> dist.ProcessGroup | None:
+    """Return the process group called ``name`` (``None`` for ``""``)."""
+    if not name:
+        return None
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _resolve_process_group(name)
+
+
+def class_shard_offset(
+    num_local_classes: int, group: dist.ProcessGroup, device: torch.device
+) -> tuple[int, int]:
+    """Return ``(first class id of this rank, total number of classes)`` over ``group``."""
+    world = dist.get_world_size(group)
+    local = torch.tensor([num_local_classes], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(sizes, local, group=group)
+    sizes = torch.cat(sizes).tolist()
+    rank = dist.get_rank(group)
+    return sum(sizes[:rank]), sum(sizes)
+
+
+def combine_row_logsumexp(
+    local_lse: Tensor, local_target: Tensor, group: dist.ProcessGroup
+) -> tuple[Tensor, Tensor]:
+    """Return the global row log-sum-exp and the summed target cosine (two all-reduces).
+
+    Args:
+        local_lse: ``(N,)`` log-sum-exp over this rank's columns (``-inf`` when none counted).
+        local_target: ``(N,)`` target cosine where this rank owns the target, 0 elsewhere.
+        group: the process group.
+
+    Returns:
+        ``(lse, target)``, both ``(N,)`` and identical on every rank.
+    """
+    row_max = local_lse.clone()
+    dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
+    sums = torch.stack([torch.exp(local_lse - shift), local_target.to(local_lse.dtype)])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    return shift + torch.log(sums[0]), sums[1]
