@@ -1,0 +1,63 @@
+"""Turning Hydra config nodes into objects, with one-line errors for config mistakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from marginkit.models.embedding_module import metric_mode
+
+
+class ConfigError(ValueError):
+    """A mistake in the run's configuration, reported as one line naming the key."""
+
+
+def register_resolvers() -> None:
+    """Register the OmegaConf resolvers the configs use (idempotent).
+
+    * ``${metric_mode:<name>}``: ``"min"`` or ``"max"``, whichever is better for the metric.
+    """
+    OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate ``cfg[key]`` (``None`` for a missing or empty node).
+
+    Any error raised while building it, or by the constructor's own validation, becomes a
+    :class:`ConfigError` whose message names ``key``, the target class and the cause.
+    """
+    node = cfg.get(key)
+    if node is None or (isinstance(node, DictConfig) and len(node) == 0):
+        return None
+    target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except Exception as error:
+        cause = _root_cause(error)
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"`{key}` ({target}): {message}") from error
+
+
+def instantiate_collection(cfg: DictConfig, key: str) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers)."""
+    node = cfg.get(key)
+    if not node:
+        return []
+    return [instantiate_node(node, name) for name in node]
+
+
+def check_missing(cfg: DictConfig, allowed_missing: set[str]) -> None:
+    """Raise :class:`ConfigError` for a mandatory value (``???``) nobody filled in."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if key not in allowed_missing)
+    if missing:
+        raise ConfigError(
+            f"missing mandatory value(s): {', '.join(missing)} (set them on the command line)"
+        )

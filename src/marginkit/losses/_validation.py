@@ -1,0 +1,62 @@
+"""Input checks shared by the loss heads (run once, at the public boundary)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` or raise ``ValueError`` naming the allowed values."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is a positive ``int``, else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be positive, got {value}")
+    return value
+
+
+def check_embeddings(embeddings: Tensor, in_features: int) -> None:
+    """Raise ``ValueError`` unless ``embeddings`` is a floating (N, in_features) tensor."""
+    if not isinstance(embeddings, Tensor):
+        raise TypeError(f"`embeddings` must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.ndim != 2 or embeddings.shape[1] != in_features:
+        raise ValueError(
+            f"`embeddings` must have shape (N, {in_features}), got {tuple(embeddings.shape)}"
+        )
+    if not embeddings.is_floating_point():
+        raise ValueError(f"`embeddings` must be floating point, got {embeddings.dtype}")
+
+
+def check_labels(labels: Tensor, batch_size: int, num_classes: int | None = None) -> Tensor:
+    """Return ``labels`` as a 1-D int64 tensor after checking batch size, dtype and range.
+
+    The range check (``num_classes`` given) reads the min and max back to the host: one tiny
+    device sync per call.
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != batch_size:
+        raise ValueError(
+            f"`labels` must have shape ({batch_size},) to match the embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+    if num_classes is not None and labels.numel() > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            row = int((labels == bad).nonzero()[0, 0])
+            raise ValueError(f"`labels` must be in [0, {num_classes}), got {bad} at row {row}")
+    return labels.long()

@@ -1,0 +1,18 @@
+"""Train an embedding model: ``python train.py loss=cosface`` (Hydra; see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from marginkit.cli import register_resolvers, run
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Fit, test, write ``metrics.json`` in the run directory; return the monitored metric."""
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
