@@ -6,7 +6,7 @@ the subpackages load on first use.
 Example:
     >>> import torch, marginkit
     >>> head = marginkit.losses.ArcFaceLoss(in_features=8, num_classes=4, s=16.0)
-    >>> float(head(torch.randn(2, 8), torch.tensor([0, 3]))) > 0
+    >>> float(head(torch.randn(2, 8), torch.tensor([0, 3])).detach()) > 0
     True
 """
 

@@ -53,3 +53,13 @@ def test_loss_configs_mirror_constructors():
         target = hydra.utils.get_class(node._target_)
         parameters = set(inspect.signature(target).parameters)
         assert set(node) - {"_target_"} <= parameters, option
+
+
+@pytest.mark.parametrize(
+    "monitor,mode", [("val/precision@1", "max"), ("val/map@r", "max"), ("val/eer", "min")]
+)
+def test_callbacks_follow_the_monitored_metric(monitor, mode, tmp_path):
+    cfg = _compose([f"model.monitor={monitor}"], tmp_path)
+    for name in ("model_checkpoint", "early_stopping"):
+        assert cfg.callbacks[name].monitor == monitor
+        assert cfg.callbacks[name].mode == mode

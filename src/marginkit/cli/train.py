@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -78,7 +79,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(module.test_metrics)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    # Strict JSON: an undefined metric (e.g. AUC with one kind of pair only) is written as null.
+    finite = {key: value if math.isfinite(value) else None for key, value in metrics.items()}
+    (output_dir / METRICS_FILE).write_text(json.dumps(finite, indent=2, sort_keys=True) + "\n")
     print_metrics(
         metrics, title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s"
     )
