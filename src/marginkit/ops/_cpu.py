@@ -23,16 +23,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from marginkit.ops._dtypes import accumulation_dtype
+
 __all__ = ["row_logsumexp_excluding_target", "write_row_softmax"]
 
 # Upper bound of the per-chunk scratch (accumulation dtype). A chunk of this size stays in the
 # last-level cache while the 4-5 elementwise passes over it run, and is big enough for torch's
 # intra-op parallelism (grain 32768 elements) to use every thread.
 _CHUNK_BYTES = 4 * 1024 * 1024
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _rows_per_chunk(n_cols: int, acc_dtype: torch.dtype) -> int:
@@ -93,7 +91,7 @@ def row_logsumexp_excluding_target(logits: Tensor, target_col: Tensor, scale: fl
         True
     """
     n_rows, n_cols = logits.shape
-    acc_dtype = _accumulation_dtype(logits.dtype)
+    acc_dtype = accumulation_dtype(logits.dtype)
     lse = torch.empty(n_rows, dtype=acc_dtype, device=logits.device)
     if n_rows == 0:
         return lse
@@ -161,7 +159,7 @@ def write_row_softmax(
     n_rows, n_cols = logits.shape
     if n_rows == 0 or n_cols == 0:
         return out
-    acc_dtype = _accumulation_dtype(logits.dtype)
+    acc_dtype = accumulation_dtype(logits.dtype)
     finite_max = min(torch.finfo(out.dtype).max, torch.finfo(acc_dtype).max)
     neg_lse = lse.to(acc_dtype).neg()[:, None]
     row_coef = row_coef.to(acc_dtype)[:, None]

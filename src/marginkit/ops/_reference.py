@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._margin import margin_target
 
 
@@ -61,7 +62,7 @@ def margin_cross_entropy_reference(
     Half-precision inputs are computed in float32; float64 stays float64. ``"mean"`` divides by
     the number of rows whose label is not ``ignore_index`` (0 when there are none).
     """
-    compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    compute_dtype = accumulation_dtype(logits.dtype)
     x = logits.to(compute_dtype)
     label = label.reshape(-1).long()
     valid = label != ignore_index

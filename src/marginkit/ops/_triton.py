@@ -61,6 +61,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from marginkit.ops._dtypes import accumulation_dtype
+
 __all__ = ["interpreter_enabled", "row_logsumexp_excluding_target", "write_row_softmax"]
 
 # Largest column tile per element size of the logits, chosen so that each thread holds about 16
@@ -381,7 +383,7 @@ def _row_logsumexp_excluding_target(
     """:func:`row_logsumexp_excluding_target` with optional tile width and split count (tests)."""
     _check_launchable(logits)
     n_rows, n_cols = logits.shape
-    acc_dtype = _accumulation_dtype(logits.dtype)
+    acc_dtype = accumulation_dtype(logits.dtype)
     lse = torch.empty(n_rows, dtype=acc_dtype, device=logits.device)
     if n_rows == 0:
         return lse
@@ -451,7 +453,7 @@ def _write_row_softmax(
     n_rows, n_cols = logits.shape
     if n_rows == 0 or n_cols == 0:
         return out
-    acc_dtype = _accumulation_dtype(logits.dtype)
+    acc_dtype = accumulation_dtype(logits.dtype)
     logits = _unit_column_stride(logits)
     dest = (
         out if out.stride(1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
@@ -491,10 +493,6 @@ def _write_row_softmax(
 # ---------------------------------------------------------------------------------------------
 # Launch heuristics
 # ---------------------------------------------------------------------------------------------
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_launchable(logits: Tensor) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._margin import GRAD_MODES, MARGIN_FALLBACKS, margin_target
 from marginkit.ops._validation import (
     check_ignore_index,
@@ -25,10 +26,6 @@ from marginkit.ops._validation import (
 )
 
 __all__ = ["combined_margin"]
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("marginkit::combined_margin_fwd", mutates_args=())
@@ -48,7 +45,7 @@ def combined_margin_fwd(
     accumulation-dtype derivative of the margin at each row's target (0 for ignored rows).
     """
     n_rows, n_cols = logits.shape
-    acc_dtype = _accumulation_dtype(logits.dtype)
+    acc_dtype = accumulation_dtype(logits.dtype)
     label = label.long()
     valid = label != ignore_index
     check_label_range(label, valid, n_cols, ignore_index)
@@ -82,7 +79,7 @@ def _combined_margin_fwd_fake(
     return (
         logits.new_empty(logits.shape),
         logits.new_empty(n_rows, dtype=torch.int64),
-        logits.new_empty(n_rows, dtype=_accumulation_dtype(logits.dtype)),
+        logits.new_empty(n_rows, dtype=accumulation_dtype(logits.dtype)),
     )
 
 

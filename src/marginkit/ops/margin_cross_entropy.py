@@ -37,6 +37,7 @@ from marginkit.ops._distributed import (
     group_name,
     resolve_group,
 )
+from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._margin import GRAD_MODES, MARGIN_FALLBACKS, margin_target
 from marginkit.ops._validation import (
     IMPLS,
@@ -50,11 +51,6 @@ from marginkit.ops._validation import (
 )
 
 __all__ = ["margin_cross_entropy"]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 logits, float32 otherwise (half precision is computed in float32)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
