@@ -5,15 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def check_reduction(reduction: str) -> str:
-    """Return ``reduction`` or raise ``ValueError`` naming the allowed values."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
 
 def check_positive_int(name: str, value: int) -> int:
     """Return ``value`` if it is a positive ``int``, else raise ``TypeError``/``ValueError``."""
@@ -36,11 +27,11 @@ def check_embeddings(embeddings: Tensor, in_features: int) -> None:
         raise ValueError(f"`embeddings` must be floating point, got {embeddings.dtype}")
 
 
-def check_labels(labels: Tensor, batch_size: int, num_classes: int | None = None) -> Tensor:
-    """Return ``labels`` as a 1-D int64 tensor after checking batch size, dtype and range.
+def check_labels(labels: Tensor, batch_size: int) -> Tensor:
+    """Return ``labels`` as a 1-D int64 tensor after checking its batch size and dtype.
 
-    The range check (``num_classes`` given) reads the min and max back to the host: one tiny
-    device sync per call.
+    Metadata only (no device work); the range check is the op's
+    :func:`~marginkit.ops._validation.check_label_range`.
     """
     if not isinstance(labels, Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}")
@@ -53,10 +44,4 @@ def check_labels(labels: Tensor, batch_size: int, num_classes: int | None = None
             f"`labels` must have shape ({batch_size},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
-    if num_classes is not None and labels.numel() > 0:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            row = int((labels == bad).nonzero()[0, 0])
-            raise ValueError(f"`labels` must be in [0, {num_classes}), got {bad} at row {row}")
     return labels.long()

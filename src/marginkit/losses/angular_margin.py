@@ -8,13 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit.losses._validation import (
-    check_embeddings,
-    check_labels,
-    check_positive_int,
-    check_reduction,
-)
-from marginkit.ops import GRAD_MODES, MARGIN_FALLBACKS, margin_cross_entropy
+from marginkit.losses._validation import check_embeddings, check_labels, check_positive_int
+from marginkit.ops import GRAD_MODES, MARGIN_FALLBACKS, REDUCTIONS, margin_cross_entropy
+from marginkit.ops._validation import check_option
 
 
 def check_scale(s: float) -> float:
@@ -74,13 +70,10 @@ class AngularMarginLoss(nn.Module):
         self.in_features = check_positive_int("in_features", in_features)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.s = check_scale(s)
-        self.reduction = check_reduction(reduction)
-        if grad_mode not in GRAD_MODES:
-            raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}, got {grad_mode!r}")
-        if self.margin_fallback not in MARGIN_FALLBACKS:
-            raise ValueError(
-                f"`margin_fallback` must be one of {MARGIN_FALLBACKS}, got {self.margin_fallback!r}"
-            )
+        check_option("reduction", reduction, REDUCTIONS)
+        check_option("grad_mode", grad_mode, GRAD_MODES)
+        check_option("margin_fallback", self.margin_fallback, MARGIN_FALLBACKS)
+        self.reduction = reduction
         self.grad_mode = grad_mode
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.reset_parameters()

@@ -6,12 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit.losses._validation import (
-    check_embeddings,
-    check_labels,
-    check_positive_int,
-    check_reduction,
-)
+from marginkit.losses._validation import check_embeddings, check_labels, check_positive_int
+from marginkit.ops import REDUCTIONS
+from marginkit.ops._validation import check_label_range, check_option
 
 
 class SoftmaxLoss(nn.Module):
@@ -38,14 +35,16 @@ class SoftmaxLoss(nn.Module):
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
         self.num_classes = check_positive_int("num_classes", num_classes)
-        self.reduction = check_reduction(reduction)
+        check_option("reduction", reduction, REDUCTIONS)
+        self.reduction = reduction
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Return the cross-entropy of ``embeddings @ weight.T`` against ``labels``."""
         check_embeddings(embeddings, self.in_features)
-        labels = check_labels(labels, embeddings.shape[0], self.num_classes)
+        labels = check_labels(labels, embeddings.shape[0])
+        check_label_range(labels, None, self.num_classes, None, name="labels")
         return F.cross_entropy(F.linear(embeddings, self.weight), labels, reduction=self.reduction)
 
     def extra_repr(self) -> str:

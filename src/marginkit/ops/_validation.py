@@ -86,17 +86,27 @@ def check_ignore_index(ignore_index: object) -> None:
         raise ValueError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
 
 
-def check_label_range(label: Tensor, valid: Tensor, num_classes: int, ignore_index: int) -> None:
+def check_label_range(
+    label: Tensor,
+    valid: Tensor | None,
+    num_classes: int,
+    ignore_index: int | None,
+    name: str = "label",
+) -> None:
     """Raise ``ValueError`` naming the first label outside ``[0, num_classes)`` of a valid row.
 
-    ``valid`` marks the rows whose label is not ``ignore_index``. O(N) work and one host read of
-    a single boolean; the search for the offending row only happens on failure.
+    ``valid`` marks the rows whose label is not ``ignore_index`` (``None``: every row, for
+    callers without an ``ignore_index``); ``name`` is the argument the message names. O(N) work
+    and one host read of a single boolean; the search for the offending row only happens on
+    failure.
     """
-    bad = valid & ((label < 0) | (label >= num_classes))
+    bad = (label < 0) | (label >= num_classes)
+    if valid is not None:
+        bad &= valid
     if not bool(bad.any()):
         return
     row = int(bad.nonzero()[0, 0])
-    raise ValueError(
-        f"`label` must be in [0, {num_classes}) or equal to `ignore_index` ({ignore_index}), "
-        f"got {int(label[row])} at row {row}"
-    )
+    allowed = f"[0, {num_classes})"
+    if ignore_index is not None:
+        allowed += f" or equal to `ignore_index` ({ignore_index})"
+    raise ValueError(f"`{name}` must be in {allowed}, got {int(label[row])} at row {row}")
