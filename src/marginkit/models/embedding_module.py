@@ -111,11 +111,9 @@ class EmbeddingModule(L.LightningModule):
 
     def metric_names(self, stage: str) -> list[str]:
         """Names this module logs for ``stage`` (``"val"`` or ``"test"``), e.g. ``val/cmc@5``."""
-        names = [f"{name}@{k}" for name in ("precision", "cmc", "map") for k in self.top_k]
-        names += ["r_precision", "map@r", "n_queries_without_match"]
+        names = [*self.val_retrieval.names]
         if self.verification:
-            names += ["auc", "eer", *(f"tar@far={far:g}" for far in self.far_targets)]
-            names += ["accuracy", "accuracy_std"]
+            names += self.val_verification.names
         return [f"{stage}/{name}" for name in names]
 
     def forward(self, x: Tensor) -> Tensor:
