@@ -107,6 +107,8 @@ def test_metric_names_and_modes():
         ({"monitor": "val/precision@7"}, ValueError, "`monitor` must be one of"),
         ({"backbone": "mlp"}, TypeError, "`backbone` must be an nn.Module"),
         ({"loss": None}, TypeError, "`loss` must be an nn.Module"),
+        ({"top_k": (1.5,)}, ValueError, "`top_k` must hold positive ints"),
+        ({"far_targets": (2.0,)}, ValueError, r"`far_targets` must hold rates in \(0, 1\]"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

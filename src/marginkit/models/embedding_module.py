@@ -94,13 +94,12 @@ class EmbeddingModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.top_k = tuple(int(k) for k in top_k)
-        self.far_targets = tuple(float(f) for f in far_targets)
         self.verification = bool(verification)
-        self.val_retrieval = RetrievalMetrics(top_k=self.top_k)
-        self.test_retrieval = RetrievalMetrics(top_k=self.top_k)
-        self.val_verification = VerificationMetrics(far_targets=self.far_targets)
-        self.test_verification = VerificationMetrics(far_targets=self.far_targets)
+        # The metrics validate top_k and far_targets (ValueError naming the argument).
+        self.val_retrieval = RetrievalMetrics(top_k=top_k)
+        self.test_retrieval = RetrievalMetrics(top_k=top_k)
+        self.val_verification = VerificationMetrics(far_targets=far_targets)
+        self.test_verification = VerificationMetrics(far_targets=far_targets)
         allowed = self.metric_names("val")
         if monitor not in allowed:
             raise ValueError(f"`monitor` must be one of {allowed}, got {monitor!r}")
