@@ -1,0 +1,261 @@
+"""Argument checks shared by the ops, the losses and the miners (one place, one error type per mistake).
+
+A wrong *type* raises ``TypeError``, a bad *value* ``ValueError``; every message names the
+argument and what was allowed.
+
+Two kinds, kept apart on purpose:
+
+* **static** checks (:func:`check_static_arguments`): types, shapes, dtypes, devices and option
+  strings. They read metadata only, never tensor data, so they cost nothing on the device, run
+  in the Python wrappers, and ``torch.compile`` traces through them without a graph break.
+* the **label range** check (:func:`check_label_range`), which is data dependent: it runs inside
+  the op kernels (opaque to ``torch.compile``), costs O(N) and one device-to-host read of a single
+  boolean (a sync on CUDA); only when it fails does it look further, to name the offending label
+  and row.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+IMPLS = (None, "torch", "triton")
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_option(name: str, value: object, allowed: tuple) -> None:
+    """Raise unless ``value`` is one of ``allowed``: ``TypeError`` for a non-string, else ``ValueError``.
+
+    ``None`` is a value like the strings (allowed where ``allowed`` lists it).
+    """
+    if value is None or isinstance(value, str):
+        if value not in allowed:
+            raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+        return
+    raise TypeError(f"`{name}` must be one of {allowed}, got {type(value).__name__} {value!r}")
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_process_group(group: object) -> None:
+    """Raise ``TypeError`` unless ``group`` is a ``torch.distributed`` process group or ``None``."""
+    import torch.distributed as dist
+
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"`group` must be a torch.distributed ProcessGroup or None, got {type(group).__name__}"
+        )
+
+
+def check_finite_number(name: str, value: object, *, positive: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (``> 0`` with ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        wanted = "a finite number > 0" if positive else "a finite number"
+        raise ValueError(f"`{name}` must be {wanted}, got {value}")
+    return value
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    """Return ``value`` if it is a ``torch.Tensor``, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_float_dtype(name: str, value: Tensor) -> None:
+    """Raise ``ValueError`` unless ``value`` is float16, bfloat16, float32 or float64."""
+    if value.dtype not in LOGIT_DTYPES:
+        raise ValueError(
+            f"`{name}` must be float16, bfloat16, float32 or float64, got {value.dtype}"
+        )
+
+
+def check_row_labels(label: Tensor, rows: Tensor, rows_name: str) -> Tensor:
+    """Check integer ``label`` (N,) or (N, 1) against the N rows of ``rows``; return label (N,).
+
+    ``rows_name`` is what the messages call ``rows`` (``"logits"``, ``"embeddings"``, ...).
+    """
+    if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
+        raise ValueError(f"`label` must be an integer tensor of class ids, got {label.dtype}")
+    n_rows = rows.shape[0]
+    if label.ndim == 2 and label.shape[1] == 1:
+        label = label.reshape(-1)
+    if label.ndim != 1 or label.shape[0] != n_rows:
+        raise ValueError(
+            f"`label` must have shape ({n_rows},) or ({n_rows}, 1) to match "
+            f"`{rows_name}` {tuple(rows.shape)}, got {tuple(label.shape)}"
+        )
+    check_same_device("label", label, rows_name, rows)
+    return label
+
+
+def check_same_device(name: str, value: Tensor, reference_name: str, reference: Tensor) -> None:
+    """Raise ``ValueError`` unless ``value`` is on the device of ``reference``."""
+    if value.device != reference.device:
+        raise ValueError(
+            f"`{name}` must be on the device of `{reference_name}` ({reference.device}), "
+            f"got {value.device}"
+        )
+
+
+def check_logits_and_label(logits: object, label: object, *, name: str = "logits") -> Tensor:
+    """Check ``logits`` (N, C) floating and ``label`` (N,) or (N, 1) integer; return label (N,).
+
+    ``name`` is what the messages call the (N, C) argument (``"cosines"`` for
+    :func:`~marginkit.ops.target_logsumexp`).
+    """
+    logits = check_tensor(name, logits)
+    label = check_tensor("label", label)
+    if logits.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (N, C), got {tuple(logits.shape)}")
+    check_float_dtype(name, logits)
+    return check_row_labels(label, logits, name)
+
+
+def check_embeddings_weight_and_label(
+    embeddings: object, weight: object, label: object
+) -> tuple[Tensor, Tensor]:
+    """Check ``embeddings`` (N, D), ``weight`` (C, D) and ``label``; return ``(embeddings, label (N,))``.
+
+    The inputs of the normalised-linear ops: both matrices floating and on one device.
+    ``embeddings`` are cast to ``weight``'s dtype (the computation dtype) when they differ.
+    """
+    embeddings = check_tensor("embeddings", embeddings)
+    weight = check_tensor("weight", weight)
+    label = check_tensor("label", label)
+    if embeddings.ndim != 2:
+        raise ValueError(f"`embeddings` must have shape (N, D), got {tuple(embeddings.shape)}")
+    if weight.ndim != 2 or weight.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"`weight` must have shape (C, {embeddings.shape[1]}) to match `embeddings` "
+            f"{tuple(embeddings.shape)}, got {tuple(weight.shape)}"
+        )
+    check_float_dtype("embeddings", embeddings)
+    check_float_dtype("weight", weight)
+    check_same_device("weight", weight, "embeddings", embeddings)
+    label = check_row_labels(label, embeddings, "embeddings")
+    return embeddings.to(weight.dtype), label
+
+
+def check_categories(
+    column_category: object,
+    row_category: object,
+    n_columns: int,
+    n_rows: int,
+    device_of: tuple[str, Tensor],
+) -> None:
+    """Check the optional ``column_category`` (C,) and ``row_category`` (N,) integer tensors.
+
+    Both or neither; on the device of ``device_of = (name, tensor)``.
+    """
+    if column_category is None and row_category is None:
+        return
+    if column_category is None or row_category is None:
+        raise ValueError("`column_category` and `row_category` must be given together")
+    expected = {"column_category": n_columns, "row_category": n_rows}
+    for name, value in (("column_category", column_category), ("row_category", row_category)):
+        value = check_tensor(name, value)
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"`{name}` must be an integer tensor, got {value.dtype}")
+        if value.shape != (expected[name],):
+            raise ValueError(
+                f"`{name}` must have shape ({expected[name]},), got {tuple(value.shape)}"
+            )
+        check_same_device(name, value, *device_of)
+
+
+def check_margins(
+    m1: object, m2: object, m3: object, names: tuple[str, str, str]
+) -> tuple[float, float, float]:
+    """Return the margins as floats: ``TypeError`` for a non-number, ``ValueError`` unless finite
+    with the first one ``> 0``."""
+    return (
+        check_finite_number(names[0], m1, positive=True),
+        check_finite_number(names[1], m2),
+        check_finite_number(names[2], m3),
+    )
+
+
+def check_ignore_index(ignore_index: object) -> None:
+    """Raise ``TypeError`` unless ``ignore_index`` is an ``int``."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
+
+
+def check_label_range(
+    label: Tensor,
+    valid: Tensor | None,
+    num_classes: int,
+    ignore_index: int | None,
+    name: str = "label",
+) -> None:
+    """Raise ``ValueError`` naming the first label outside ``[0, num_classes)`` of a valid row.
+
+    ``valid`` marks the rows whose label is not ``ignore_index`` (``None``: every row, for
+    callers without an ``ignore_index``); ``name`` is the argument the message names. O(N) work
+    and one host read of a single boolean; the search for the offending row only happens on
+    failure.
+    """
+    bad = (label < 0) | (label >= num_classes)
+    if valid is not None:
+        bad &= valid
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    allowed = f"[0, {num_classes})"
+    if ignore_index is not None:
+        allowed += f" or equal to `ignore_index` ({ignore_index})"
+    raise ValueError(f"`{name}` must be in {allowed}, got {int(label[row])} at row {row}")
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is a positive ``int``, else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be positive, got {value}")
+    return value
+
+
+def check_embeddings(embeddings: Tensor, in_features: int) -> None:
+    """Raise ``ValueError`` unless ``embeddings`` is a floating (N, in_features) tensor."""
+    if not isinstance(embeddings, Tensor):
+        raise TypeError(f"`embeddings` must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.ndim != 2 or embeddings.shape[1] != in_features:
+        raise ValueError(
+            f"`embeddings` must have shape (N, {in_features}), got {tuple(embeddings.shape)}"
+        )
+    if not embeddings.is_floating_point():
+        raise ValueError(f"`embeddings` must be floating point, got {embeddings.dtype}")
+
+
+def check_labels(labels: Tensor, batch_size: int) -> Tensor:
+    """Return ``labels`` as a 1-D int64 tensor after checking its batch size and dtype.
+
+    Metadata only (no device work); the range check is the op's
+    :func:`check_label_range`.
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != batch_size:
+        raise ValueError(
+            f"`labels` must have shape ({batch_size},) to match the embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+    return labels.long()
