@@ -5,7 +5,14 @@ Forward + backward at N=1024, C=50,000 (ArcFace m=0.5, s=64) for
 * ``plain``: ``F.cross_entropy(scale * x, label)``, no margin at all (the floor to beat);
 * ``composed``: the common ArcMarginProduct-style recipe, sqrt / where / one-hot blend over all
   N×C logits, then ``F.cross_entropy``;
-* ``fused``: :func:`marginkit.ops.margin_cross_entropy` (chunked torch on the CPU, Triton on CUDA).
+* ``fused``: :func:`marginkit.ops.margin_cross_entropy`, i.e. the margin-agnostic op
+  :func:`marginkit.ops.target_logsumexp` (chunked torch on the CPU, Triton on CUDA) plus the
+  margin as plain torch on N-vectors.
+
+Besides time and peak memory, each variant counts its N×C allocations during one step (CPU:
+torch's profiler, every allocation of at least N×C elements of the dtype); the fused step must
+make exactly one (the gradient). The last lines compare the fused ratios with the ones recorded
+in the README before the op became margin-agnostic (``--before-time`` / ``--before-memory``).
 
 Each variant runs in its own fresh process (``--variant`` is the internal entry point), so
 allocator caches and high-water marks do not leak between them; the parent prints absolute
@@ -32,19 +39,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
 
+import _harness as harness
 import torch
 import torch.nn.functional as F
 
 VARIANTS = ("plain", "composed", "fused")
 MARGIN = 0.5
 SCALE = 64.0
+# The fused op's ratios to plain cross-entropy in the README (float32, CPU) before this change.
+README_TIME_RATIO = 0.35
+README_MEMORY_RATIO = 0.33
 
 
 def composed_arcface_loss(cosine: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -80,36 +85,27 @@ def make_inputs(rows: int, classes: int, dtype: torch.dtype, device: str):
     return x.requires_grad_(), label
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def count_matrix_allocations(step, matrix_bytes: int) -> int:
+    """How many allocations of at least ``matrix_bytes`` ``step`` makes (CPU profiler)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _high_water_bytes() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    count = 0
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.alloc_size >= matrix_bytes:
+            count += 1
+        stack.extend(node.children)
+    return count
 
 
 def measure(variant: str, args: argparse.Namespace) -> dict:
     """Run one variant in this process; return its timings and peak extra memory."""
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    cuda = args.device == "cuda"
     x, label = make_inputs(args.rows, args.classes, dtype, args.device)
     loss_fn = loss_function(variant)
 
@@ -122,37 +118,19 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     for _ in range(max(1, args.warmup)):
         step()
     x.grad = None
-    if cuda:
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak_extra = torch.cuda.max_memory_allocated() - before
-        memory_method = "torch.cuda.max_memory_allocated"
-    else:
-        before = _resident_bytes()
-        exact = _reset_high_water_mark()
-        step()
-        peak_extra = _high_water_bytes() - before
-        memory_method = "VmHWM after clear_refs" if exact else "ru_maxrss (upper bound)"
+    peak_extra, memory_method = harness.measure_peak_extra(step, device=args.device)
 
-    times = []
-    for _ in range(args.iters):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    matrix_allocations = None
+    if args.device != "cuda":
+        matrix_bytes = x.numel() * x.element_size()
+        matrix_allocations = count_matrix_allocations(step, matrix_bytes)
+
+    times = harness.time_steps(step, iters=args.iters, device=args.device)
     return {
         "variant": variant,
-        "median_ms": statistics.median(times) * 1e3,
-        "q25_ms": quartiles[0] * 1e3,
-        "q75_ms": quartiles[2] * 1e3,
+        **harness.summarise_times(times),
         "peak_extra_mib": peak_extra / 2**20,
+        "matrix_allocations": matrix_allocations,
         "memory_method": memory_method,
         "threads": torch.get_num_threads(),
     }
@@ -161,14 +139,12 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
 def run_all(args: argparse.Namespace) -> list[dict]:
     results = []
     for variant in VARIANTS:
-        command = [sys.executable, os.path.abspath(__file__), "--variant", variant]
-        command += ["--device", args.device, "--dtype", args.dtype]
-        command += ["--rows", str(args.rows), "--classes", str(args.classes)]
-        command += ["--iters", str(args.iters), "--warmup", str(args.warmup)]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.returncode != 0:
-            sys.exit(f"variant {variant!r} failed:\n{completed.stderr}")
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+        arguments = ["--variant", variant, "--device", args.device, "--dtype", args.dtype]
+        arguments += ["--rows", str(args.rows), "--classes", str(args.classes)]
+        arguments += ["--iters", str(args.iters), "--warmup", str(args.warmup)]
+        results.append(
+            harness.run_variant_or_exit(__file__, arguments, name=f"variant {variant!r}")
+        )
     return results
 
 
@@ -184,10 +160,9 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     )
     header = (
         f"{'variant':<10}{'time ms':>10}{'q25-q75 ms':>16}{'extra MiB':>11}"
-        f"{'time/plain':>12}{'mem/plain':>11}{'composed/x':>12}"
+        f"{'time/plain':>12}{'mem/plain':>11}{'composed/x':>12}{'N×C allocs':>12}"
     )
-    print(header)
-    print("-" * len(header))
+    harness.print_header(header)
     for result in results:
         print(
             f"{result['variant']:<10}{result['median_ms']:>10.1f}"
@@ -196,6 +171,7 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             f"{result['median_ms'] / plain['median_ms']:>12.2f}"
             f"{result['peak_extra_mib'] / plain['peak_extra_mib']:>11.2f}"
             f"{composed['median_ms'] / result['median_ms']:>12.2f}"
+            f"{'n/a' if result['matrix_allocations'] is None else result['matrix_allocations']:>12}"
         )
     fused = by_name["fused"]
     print(
@@ -206,20 +182,23 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             composed["median_ms"] / fused["median_ms"],
         )
     )
+    time_ratio = fused["median_ms"] / plain["median_ms"]
+    memory_ratio = fused["peak_extra_mib"] / plain["peak_extra_mib"]
+    print(
+        f"fused vs plain, before (README, float32 CPU): {args.before_time:.2f}x time, "
+        f"{args.before_memory:.2f}x memory; after (this run): {time_ratio:.2f}x time, "
+        f"{memory_ratio:.2f}x memory; N×C allocations: {fused['matrix_allocations']} (target 1)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    parser.add_argument("--rows", type=int, default=1024)
-    parser.add_argument("--classes", type=int, default=50_000)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    harness.add_step_arguments(parser, iters=10, warmup=2)
+    parser.add_argument("--before-time", type=float, default=README_TIME_RATIO)
+    parser.add_argument("--before-memory", type=float, default=README_MEMORY_RATIO)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda needs a CUDA GPU")
+    harness.require_device(args.device)
     if args.variant is not None:
         print(json.dumps(measure(args.variant, args)))
         return

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from marginkit.losses import CombinedMarginLoss
 from marginkit.ops import combined_margin, margin_cross_entropy
 from marginkit.ops.combined_margin import combined_margin_bwd, combined_margin_fwd
-from tests.ops.float64_reference import combined_margin_reference
+from tests.helpers.float64_margin import combined_margin_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 
@@ -23,11 +23,15 @@ def cosines(n_rows, n_cols, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("margins", MARGINS)
-@pytest.mark.parametrize("margin_fallback", ["none", "arcface", "easy"])
+@pytest.mark.parametrize("margin_fallback", ["none", "arcface", "easy", "monotonic"])
 @pytest.mark.parametrize("grad_mode", ["exact", "straight_through"])
 def test_values_and_gradient_match_reference(margins, margin_fallback, grad_mode):
     logits = cosines(8, 6)
     label = torch.tensor([0, 5, 2, -100, 3, 3, 1, 4])
+    # Target cosines over [-0.95, 0.95], so that every fallback region is reached.
+    logits[torch.arange(8), label.clamp(min=0)] = torch.linspace(
+        -0.95, 0.95, 8, dtype=torch.float64
+    )
     leaf = logits.clone().requires_grad_()
     options = {"margin_fallback": margin_fallback, "grad_mode": grad_mode}
     out = combined_margin(leaf, label, *margins, **options)
@@ -51,9 +55,24 @@ def test_half_precision_is_computed_in_float32(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cosines_at_plus_minus_one_have_finite_values_and_gradients(dtype):
     logits = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=dtype, requires_grad=True)
+    label = torch.tensor([0, 1])
+    out = combined_margin(logits, label, 1.35, 0.5, 0.1)
+    out.backward(torch.ones_like(out))
+    assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
+    expected, slope = combined_margin_reference(logits, label, 1.35, 0.5, 0.1)
+    torch.testing.assert_close(out.double(), expected.to(dtype).double())
+    torch.testing.assert_close(logits.grad.double(), slope.to(dtype).double(), rtol=1e-2, atol=0)
+
+
+def test_float16_gradient_overflow_is_inf_not_clipped():
+    # φ'(−1) ≈ −1000 (the floored slope) times 100 is past float16's 65504: inf, like native ops.
+    logits = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float16, requires_grad=True)
     out = combined_margin(logits, torch.tensor([0, 1]), 1.35, 0.5, 0.1)
     out.backward(torch.full_like(out, 100.0))
-    assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
+    _expected, slope = combined_margin_reference(logits, torch.tensor([0, 1]), 1.35, 0.5, 0.1)
+    overflow = (100.0 * slope).abs() > torch.finfo(torch.float16).max
+    assert overflow.any()
+    assert torch.isinf(logits.grad[overflow]).all() and torch.isfinite(logits.grad[~overflow]).all()
 
 
 def test_scaled_cross_entropy_of_combined_margin_equals_fused_op():
@@ -84,14 +103,14 @@ def test_gradcheck():
 
 
 def test_opcheck():
+    from marginkit.ops.combined_margin import target_cosine
+
     logits = cosines(5, 6).requires_grad_()
     label = torch.tensor([0, 5, -100, 2, 2])
-    torch.library.opcheck(
-        combined_margin_fwd, (logits, label, 1.2, 0.3, 0.1, "none", "exact", -100)
-    )
-    _out, target_col, dphi = combined_margin_fwd(
-        logits.detach(), label, 1.2, 0.3, 0.1, "none", "exact", -100
-    )
+    torch.library.opcheck(target_cosine, (logits.detach(), label, -100))
+    cos_target, target_col = target_cosine(logits.detach(), label, -100)
+    phi, dphi = torch.cos(cos_target), torch.sin(cos_target)
+    torch.library.opcheck(combined_margin_fwd, (logits, target_col, phi, dphi))
     torch.library.opcheck(
         combined_margin_bwd, (torch.randn(5, 6, dtype=torch.float64), target_col, dphi)
     )

@@ -109,23 +109,98 @@ def test_write_row_softmax(monkeypatch, dtype, n_rows, n_cols, chunk_bytes):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_write_row_softmax_saturates_to_the_finite_range(dtype):
+def test_write_row_softmax_overflow_is_inf_not_clamped(dtype):
+    # Past the output dtype's range the value is ±inf, as torch's own kernels round it.
     logits = torch.zeros(2, 3, dtype=dtype)
-    lse = torch.tensor([-200.0, 0.0])  # exp(200) overflows float32
+    huge = 1e39 if dtype != torch.float16 else 1e6
     out = torch.empty(2, 3, dtype=dtype)
     _cpu.write_row_softmax(
         logits,
         torch.tensor([1, -1]),
-        lse,
-        torch.tensor([1.0, -1e39 if dtype != torch.float16 else -1e6]),
+        torch.tensor([0.0, 0.0]),
+        torch.tensor([huge, -huge]),
         torch.tensor([float("inf"), 0.0]),
         1.0,
         out,
     )
-    finite_max = torch.finfo(dtype).max
-    assert torch.isfinite(out).all()
-    assert out[0].tolist() == [finite_max] * 3
-    assert out[1].tolist() == [-finite_max] * 3
+    assert out[0].tolist() == [math.inf] * 3
+    assert out[1].tolist() == [-math.inf] * 3
+
+
+def row_statistics_reference(logits, target_col, scale, column_category=None, row_category=None):
+    """float64 (R, S) by a loop over the rows."""
+    x = logits.double()
+    lse, total = [], []
+    for row, col in enumerate(target_col.tolist()):
+        keep = torch.ones(x.shape[1], dtype=torch.bool)
+        if 0 <= col < x.shape[1]:
+            keep[col] = False
+        lse.append(torch.logsumexp(scale * x[row][keep], dim=0) if keep.any() else -math.inf)
+        if column_category is not None:
+            keep &= column_category == row_category[row]
+        total.append(x[row][keep].sum())
+    return torch.tensor(lse, dtype=torch.float64), torch.tensor(total, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("categories", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [None, 200])
+def test_row_statistics_with_row_sum(monkeypatch, dtype, categories, chunk_bytes):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(_cpu, "_CHUNK_BYTES", chunk_bytes)
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.rand(17, 33, generator=generator) * 2 - 1).to(dtype)
+    target = targets_with_gaps(17, 33)
+    column_category = torch.randint(0, 3, (33,), generator=generator) if categories else None
+    row_category = torch.randint(0, 3, (17,), generator=generator) if categories else None
+    lse, total = _cpu.row_statistics_excluding_target(
+        logits, target, 30.0, True, column_category, row_category
+    )
+    ref_lse, ref_total = row_statistics_reference(
+        logits, target, 30.0, column_category, row_category
+    )
+    tolerance = TOLERANCES[torch.float32 if dtype != torch.float64 else dtype]
+    torch.testing.assert_close(lse.double(), ref_lse, **tolerance)
+    torch.testing.assert_close(total.double(), ref_total, **tolerance)
+    assert _cpu.row_statistics_excluding_target(logits, target, 30.0)[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("categories", [False, True])
+def test_write_row_softmax_with_row_add(monkeypatch, dtype, categories):
+    monkeypatch.setattr(_cpu, "_CHUNK_BYTES", 200)
+    generator = torch.Generator().manual_seed(4)
+    logits = (torch.rand(9, 13, generator=generator) * 2 - 1).to(dtype)
+    target = targets_with_gaps(9, 13)
+    acc = accumulation(dtype)
+    lse = lse_excluding_reference(logits, target, 8.0).to(acc)
+    row_coef, target_value, row_add = (torch.randn(9, generator=generator).to(acc) for _ in "abc")
+    column_category = torch.randint(0, 3, (13,), generator=generator) if categories else None
+    row_category = torch.randint(0, 3, (9,), generator=generator) if categories else None
+    out = torch.full((9, 13), float("nan"), dtype=dtype)
+    _cpu.write_row_softmax(
+        logits,
+        target,
+        lse,
+        row_coef,
+        target_value,
+        8.0,
+        out,
+        row_add=row_add,
+        column_category=column_category,
+        row_category=row_category,
+    )
+    match = (
+        torch.ones(9, 13, dtype=torch.bool)
+        if column_category is None
+        else column_category[None, :] == row_category[:, None]
+    )
+    expected = softmax_reference(logits, target, lse, row_coef, target_value, 8.0)
+    for row, col in enumerate(target.tolist()):
+        if 0 <= col < 13:
+            match[row, col] = False
+    expected = expected + row_add.double()[:, None] * match
+    torch.testing.assert_close(out.double(), expected.to(dtype).double(), **TOLERANCES[dtype])
 
 
 def test_write_row_softmax_keeps_nan():

@@ -1,24 +1,23 @@
 """The model-parallel path (``group=``) with two gloo processes on CPU against one process.
 
+``margin_cross_entropy`` and ``target_logsumexp`` (with the categorised row sum).
+
 Rank 0 holds classes [0, 4), rank 1 classes [4, 12) (uneven shards). Both ranks see the same rows
 and global labels; each must return the single-process loss, its slice of the single-process
 softmax and its slice of the single-process gradient. One spawn runs every case (process start-up
-dominates the cost); the workers send their results back through a queue.
+dominates the cost; ``tests/helpers/spawn.py``).
 """
 
 from __future__ import annotations
 
-import os
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from marginkit.ops import margin_cross_entropy
-from tests.helpers.run_if import has_module
-from tests.ops.float64_reference import margin_ce_reference
+from marginkit.ops import margin_cross_entropy, target_logsumexp
+from tests.helpers.float64_margin import margin_ce_reference
+from tests.helpers.spawn import run_on_ranks
+from tests.ops.triton_setup import CPU_IMPLS, CPU_TRITON
 
 pytestmark = pytest.mark.distributed
 
@@ -40,8 +39,6 @@ CASES = {
     "sphereface_easy": ((2.0, 0.0, 0.0), 16.0, {"margin_fallback": "easy"}),
 }
 DTYPES = (torch.float64, torch.float32)
-# The Triton kernels too (in the interpreter, set in the workers before their first import).
-TRITON = has_module("triton") and not torch.cuda.is_available()
 
 
 def inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,95 +61,76 @@ def run_case(logits, label, margins, scale, options, group=None):
     return loss.detach(), softmax, leaf.grad
 
 
-def _worker(rank: int, world_size: int, store_path: str, queue) -> None:
-    try:
-        if TRITON:
-            os.environ["TRITON_INTERPRET"] = "1"
-        torch.set_num_threads(1)
-        # A file store: no port to pick, so nothing to race other test runs for.
-        dist.init_process_group(
-            "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size
-        )
-        begin = sum(SHARDS[:rank])
-        columns = slice(begin, begin + SHARDS[rank])
-        results = {}
-        for dtype in DTYPES:
-            logits, label = inputs(dtype)
-            shard = logits[:, columns].contiguous()
-            for name, (margins, scale, options) in CASES.items():
-                # The default group and an explicit subgroup (both ranks).
-                group = dist.group.WORLD if name == "arcface_mean" else dist.new_group([0, 1])
-                results[name, dtype] = run_case(shard, label, margins, scale, options, group)
-                if TRITON:
-                    options = {**options, "impl": "triton"}
-                    results[name, dtype, "triton"] = run_case(
-                        shard, label, margins, scale, options, group
-                    )
-        # A global label out of range raises on every rank (no rank is left waiting).
-        bad_label = torch.tensor([0, 12] + [1] * (N_ROWS - 2))
-        try:
-            margin_cross_entropy(
-                inputs(torch.float64)[0][:, columns], bad_label, group=dist.group.WORLD
+COLUMN_CATEGORY = torch.tensor([0, 1, 2, 0, 1, 1, 2, 0, 0, 2, 1, 0])
+ROW_CATEGORY = torch.tensor([0, 0, 1, 0, 2, 2, 2, 1, 1, 1])
+
+
+def run_target_logsumexp(logits, label, columns=slice(None), group=None, impl=None):
+    """``target_logsumexp`` with the categorised row sum, and the gradient of a weighted sum."""
+    leaf = logits.detach().clone().requires_grad_()
+    lse_rest, cos_target, row_sum = target_logsumexp(
+        leaf,
+        label,
+        16.0,
+        group,
+        row_sum=True,
+        column_category=COLUMN_CATEGORY[columns],
+        row_category=ROW_CATEGORY,
+        impl=impl,
+    )
+    weights = torch.linspace(-1.0, 2.0, 3 * N_ROWS, dtype=lse_rest.dtype).reshape(3, N_ROWS)
+    ((weights[0] * lse_rest + weights[1] * cos_target + weights[2] * row_sum).sum()).backward()
+    return lse_rest.detach(), cos_target.detach(), row_sum.detach(), leaf.grad
+
+
+def _rank_results(rank: int, _world_size: int) -> dict:
+    """Every case on this rank's shard of the classes (run in a spawned gloo process)."""
+    begin = sum(SHARDS[:rank])
+    columns = slice(begin, begin + SHARDS[rank])
+    results = {}
+    for dtype in DTYPES:
+        logits, label = inputs(dtype)
+        shard = logits[:, columns].contiguous()
+        for name, (margins, scale, options) in CASES.items():
+            # The default group and an explicit subgroup (both ranks).
+            group = dist.group.WORLD if name == "arcface_mean" else dist.new_group([0, 1])
+            results[name, dtype] = run_case(shard, label, margins, scale, options, group)
+            if CPU_TRITON:
+                options = {**options, "impl": "triton"}
+                results[name, dtype, "triton"] = run_case(
+                    shard, label, margins, scale, options, group
+                )
+        for impl in (None, "triton") if CPU_TRITON else (None,):
+            results["target_logsumexp", dtype, impl] = run_target_logsumexp(
+                shard, label, columns, dist.group.WORLD, impl
             )
-            results["error"] = None
-        except ValueError as error:
-            results["error"] = str(error)
-        # Still in step afterwards.
-        results["after_error"] = run_case(
-            inputs(torch.float64)[0][:, columns].contiguous(),
-            inputs(torch.float64)[1],
-            (1.0, 0.5, 0.0),
-            64.0,
-            {},
-            dist.group.WORLD,
+    # A global label out of range raises on every rank (no rank is left waiting).
+    bad_label = torch.tensor([0, 12] + [1] * (N_ROWS - 2))
+    try:
+        margin_cross_entropy(
+            inputs(torch.float64)[0][:, columns], bad_label, group=dist.group.WORLD
         )
-        queue.put((rank, results))
-    except BaseException:  # report anything to the parent instead of hanging it
-        queue.put((rank, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        results["error"] = None
+    except ValueError as error:
+        results["error"] = str(error)
+    # Still in step afterwards.
+    results["after_error"] = run_case(
+        inputs(torch.float64)[0][:, columns].contiguous(),
+        inputs(torch.float64)[1],
+        (1.0, 0.5, 0.0),
+        64.0,
+        {},
+        dist.group.WORLD,
+    )
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory):
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    world_size = len(SHARDS)
-    store_path = str(tmp_path_factory.mktemp("gloo") / "store")
-    processes = [
-        context.Process(target=_worker, args=(rank, world_size, store_path, queue))
-        for rank in range(world_size)
-    ]
-    for process in processes:
-        process.start()
-    results = {}
-    try:
-        for _ in range(world_size):
-            rank, payload = queue.get(timeout=120)
-            assert not isinstance(payload, str), f"rank {rank} failed:\n{payload}"
-            results[rank] = payload
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-    return results
+    return run_on_ranks(_rank_results, len(SHARDS), str(tmp_path_factory.mktemp("gloo")))
 
 
-@pytest.mark.parametrize(
-    "impl",
-    [
-        None,
-        pytest.param(
-            "triton",
-            marks=[
-                pytest.mark.triton,
-                pytest.mark.skipif(not TRITON, reason="triton is not installed"),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CASES)
 def test_group_matches_single_process(rank_results, name, dtype, impl):
@@ -170,6 +148,27 @@ def test_group_matches_single_process(rank_results, name, dtype, impl):
         rank_loss, rank_softmax, rank_grad = rank_results[rank][key]
         torch.testing.assert_close(rank_loss, loss, **tolerance)
         torch.testing.assert_close(rank_softmax, softmax[:, columns], **tolerance)
+        torch.testing.assert_close(rank_grad, grad[:, columns], **tolerance)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_target_logsumexp_group_matches_single_process(rank_results, dtype, impl):
+    # Uneven shards, ignored rows (label -100), the row sum restricted to the row's category.
+    logits, label = inputs(dtype)
+    lse_rest, cos_target, row_sum, grad = run_target_logsumexp(logits, label)
+    tolerance = (
+        {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-4}
+    )
+    for rank in range(len(SHARDS)):
+        begin = sum(SHARDS[:rank])
+        columns = slice(begin, begin + SHARDS[rank])
+        rank_lse, rank_cos, rank_sum, rank_grad = rank_results[rank][
+            "target_logsumexp", dtype, impl
+        ]
+        torch.testing.assert_close(rank_lse, lse_rest, **tolerance)
+        torch.testing.assert_close(rank_cos, cos_target, **tolerance)
+        torch.testing.assert_close(rank_sum, row_sum, **tolerance)
         torch.testing.assert_close(rank_grad, grad[:, columns], **tolerance)
 
 

@@ -91,15 +91,13 @@ def reference_softmax(
     scale: float,
     out_dtype: torch.dtype,
 ) -> Tensor:
-    """float64 ``c_i exp(scale · x_ij − lse_i)``, ``v_i`` at the target, clamped to out's range."""
+    """float64 ``c_i exp(scale · x_ij − lse_i)``, ``v_i`` at the target (``out_dtype`` unused)."""
     cols = torch.arange(logits.shape[1])
     is_target = cols[None, :] == target_col.cpu()[:, None]
     values = row_coef.double().cpu()[:, None] * torch.exp(
         logits.double().cpu() * scale - lse.double().cpu()[:, None]
     )
-    values = torch.where(is_target, target_value.double().cpu()[:, None], values)
-    limit = torch.finfo(out_dtype).max
-    return values.clamp(-limit, limit)
+    return torch.where(is_target, target_value.double().cpu()[:, None], values)
 
 
 def assert_lse_close(actual: Tensor, expected: Tensor, logits_dtype: torch.dtype) -> None:
@@ -206,7 +204,7 @@ def test_row_logsumexp_of_cosines_at_plus_minus_one_is_finite(dtype):
 def test_row_logsumexp_tiles_and_splits(n_rows, n_cols, targets, block_c, num_splits, dtype):
     logits = make_cosines(n_rows, n_cols, dtype)
     target_col = make_targets(n_rows, n_cols, targets)
-    lse = triton_ops._row_logsumexp_excluding_target(
+    lse = triton_ops.row_logsumexp_excluding_target(
         logits, target_col, 30.0, block_c=block_c, num_splits=num_splits
     )
     assert_lse_close(lse, reference_lse(logits, target_col, 30.0), dtype)
@@ -262,7 +260,7 @@ def run_write(logits, target_col, scale, out_dtype, **launch):
     out = unwritten(*logits.shape, out_dtype)
     args = (logits, target_col, lse, row_coef, target_value, scale, out)
     if launch:
-        returned = triton_ops._write_row_softmax(*args, **launch)
+        returned = triton_ops.write_row_softmax(*args, **launch)
     else:
         returned = triton_ops.write_row_softmax(*args)
     assert returned is out
@@ -338,33 +336,110 @@ def test_write_row_softmax_of_cosines_at_plus_minus_one(dtype):
         (torch.bfloat16, torch.bfloat16),
     ],
 )
-def test_write_row_softmax_saturates_instead_of_overflowing(dtype, out_dtype):
-    """Values past the output dtype's range are written as its largest finite value."""
+def test_write_row_softmax_overflow_is_inf_not_clamped(dtype, out_dtype):
+    """Values past the output dtype's range are ±inf (as torch's kernels round), never clipped."""
     n_rows, n_cols = 4, 70
     logits = torch.zeros(n_rows, n_cols, dtype=dtype, device=DEVICE)
     target_col = torch.tensor([3, -100, 69, 0], device=DEVICE)
     acc_dtype = accumulation_dtype(dtype)
-    limit = torch.finfo(out_dtype).max
-    huge = 3.4e38  # finite in fp32, past the range of fp16 and bf16
-    # exp(0 − lse) = 1 in rows 0, 1 and 3, 1/69 in row 2.
-    lse = torch.tensor([0.0, 0.0, math.log(69), 0.0], dtype=acc_dtype, device=DEVICE)
+    # e · huge: past float16's 65504 when stored, past float32's (so bfloat16's) range at once.
+    huge = 1e5 if out_dtype == torch.float16 else torch.finfo(torch.float32).max
+    # exp(0 − lse) = e in rows 0 and 1, 1/69 in row 2, 1 in row 3.
+    lse = torch.tensor([-1.0, -1.0, math.log(69), 0.0], dtype=acc_dtype, device=DEVICE)
     row_coef = torch.tensor([huge, -huge, 1.0, 0.5], dtype=acc_dtype, device=DEVICE)
     target_value = torch.tensor([huge, 0.0, -math.inf, math.inf], dtype=acc_dtype, device=DEVICE)
     out = unwritten(n_rows, n_cols, out_dtype)
     triton_ops.write_row_softmax(logits, target_col, lse, row_coef, target_value, 64.0, out)
-    assert torch.isfinite(out).all()
     out = out.cpu().double()
-    assert (out[0] == limit).all()  # coef · p and the target value both overflow
-    assert (out[1] == -limit).all()  # a row without a target column
-    assert out[2, 69].item() == -limit and out[3, 0].item() == limit  # ±inf target values
+    assert (out[0, torch.arange(n_cols) != 3] == math.inf).all()  # c · p overflows off target
+    assert (out[1] == -math.inf).all()  # a row without a target column
+    assert out[2, 69].item() == -math.inf and out[3, 0].item() == math.inf
     expected = torch.full((69,), 1 / 69, dtype=torch.float64).to(out_dtype).double()
     torch.testing.assert_close(out[2, :69], expected, rtol=STORE_RTOL[out_dtype], atol=0.0)
     assert (out[3, 1:] == 0.5).all()
 
 
+def reference_row_sum(logits, target_col, column_category=None, row_category=None):
+    """float64 ``Σ_{j ≠ t_i, κ(j) = ρ_i} x_ij``."""
+    x = logits.double().cpu()
+    cols = torch.arange(x.shape[1])
+    keep = cols[None, :] != target_col.cpu()[:, None]
+    if column_category is not None:
+        keep &= column_category.cpu()[None, :] == row_category.cpu()[:, None]
+    return (x * keep).sum(dim=1)
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("categories", [False, True])
+@pytest.mark.parametrize(
+    ("block_c", "num_splits"), [(None, None), (16, 3)], ids=["one-split", "3-splits"]
+)
+def test_row_statistics_row_sum(dtype, categories, block_c, num_splits):
+    n_rows, n_cols = 7, 45
+    logits = make_cosines(n_rows, n_cols, dtype)
+    target_col = make_targets(n_rows, n_cols, None)
+    column_category = row_category = None
+    if categories:
+        column_category = torch.randint(0, 3, (n_cols,), device=DEVICE)
+        row_category = torch.randint(0, 3, (n_rows,), device=DEVICE)
+    lse, total = triton_ops.row_statistics_excluding_target(
+        logits,
+        target_col,
+        30.0,
+        True,
+        column_category,
+        row_category,
+        block_c=block_c,
+        num_splits=num_splits,
+    )
+    assert_lse_close(lse, reference_lse(logits, target_col, 30.0), dtype)
+    expected = reference_row_sum(logits, target_col, column_category, row_category)
+    assert total.dtype == accumulation_dtype(dtype)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(total.cpu().double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("categories", [False, True])
+def test_write_row_softmax_with_row_add(dtype, categories):
+    n_rows, n_cols = 7, 45
+    logits = make_cosines(n_rows, n_cols, dtype)
+    target_col = make_targets(n_rows, n_cols, None)
+    acc_dtype = accumulation_dtype(dtype)
+    lse, row_coef, target_value = row_inputs(reference_lse(logits, target_col, 8.0), acc_dtype)
+    row_add = torch.randn(n_rows, dtype=torch.float64).to(acc_dtype).to(DEVICE)
+    column_category = row_category = None
+    match = torch.ones(n_rows, n_cols, dtype=torch.bool)
+    if categories:
+        column_category = torch.randint(0, 3, (n_cols,), device=DEVICE)
+        row_category = torch.randint(0, 3, (n_rows,), device=DEVICE)
+        match = column_category.cpu()[None, :] == row_category.cpu()[:, None]
+    out = unwritten(n_rows, n_cols, dtype)
+    triton_ops.write_row_softmax(
+        logits,
+        target_col,
+        lse,
+        row_coef,
+        target_value,
+        8.0,
+        out,
+        row_add=row_add,
+        column_category=column_category,
+        row_category=row_category,
+        block_c=16,
+        num_splits=2,
+    )
+    expected = reference_softmax(logits, target_col, lse, row_coef, target_value, 8.0, dtype)
+    off_target = torch.arange(n_cols)[None, :] != target_col.cpu()[:, None]
+    expected = expected + row_add.double().cpu()[:, None] * (match & off_target)
+    assert_softmax_close(out, expected, dtype)
+
+
 @requires_kernels
 def test_write_row_softmax_keeps_nan():
-    """The saturation is a clamp of finite overflow, it does not hide a NaN coefficient."""
+    """A NaN coefficient is written as NaN, not hidden."""
     logits = make_cosines(2, 9, torch.float32)
     target_col = torch.tensor([1, 2], device=DEVICE)
     lse = reference_lse(logits, target_col, 64.0).float().to(DEVICE)

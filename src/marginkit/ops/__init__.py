@@ -1,23 +1,49 @@
-"""Fused margin operators (``torch.ops.marginkit.*``) and their typed public wrappers.
+"""Fused margin operators (``torch.ops.marginkit.*``), their typed public wrappers, and the margin maths.
 
-* :func:`margin_cross_entropy`: the fused margin softmax cross-entropy (CPU kernel in chunked
-  torch, CUDA kernel in Triton), ``torch.ops.marginkit.margin_cross_entropy_{fwd,bwd}``;
+* :func:`target_logsumexp`: the margin-agnostic N×C work of every softmax head (the row
+  log-sum-exp of the non-target logits, the target cosine, an optional row sum);
+* :func:`margin_cross_entropy`: the fused margin softmax cross-entropy on cosines (Paddle's
+  signature);
 * :func:`combined_margin`: the margin-modified (unscaled) logits, OneFlow's
-  ``combined_margin_loss``, ``torch.ops.marginkit.combined_margin_{fwd,bwd}``;
-* :func:`margin_target`: the margin arithmetic on N-length target cosines, shared by all.
+  ``combined_margin_loss``;
+* the margin maths on N-length vectors (:func:`target_angle`, :func:`arccos_floored`,
+  :func:`combined_margin_logit`, :func:`margin_softmax_loss`), shared by all.
 """
 
-from marginkit.ops._margin import GRAD_MODES, MARGIN_FALLBACKS, margin_target
-from marginkit.ops._validation import IMPLS, REDUCTIONS
+from marginkit._validation import IMPLS, REDUCTIONS
+from marginkit.ops._margin import (
+    GRAD_MODES,
+    MARGIN_FALLBACKS,
+    arccos_floored,
+    combined_margin_logit,
+    margin_softmax_loss,
+    target_angle,
+)
 from marginkit.ops.combined_margin import combined_margin
+from marginkit.ops.linear_margin_cross_entropy import (
+    LinearTargetTerms,
+    linear_margin_cross_entropy,
+    linear_target_logsumexp,
+    linear_target_terms,
+)
 from marginkit.ops.margin_cross_entropy import margin_cross_entropy
+from marginkit.ops.target_logsumexp import TargetLogSumExp, target_logsumexp
 
 __all__ = [
     "GRAD_MODES",
     "IMPLS",
     "MARGIN_FALLBACKS",
     "REDUCTIONS",
+    "LinearTargetTerms",
+    "TargetLogSumExp",
+    "arccos_floored",
     "combined_margin",
+    "combined_margin_logit",
+    "linear_margin_cross_entropy",
+    "linear_target_logsumexp",
+    "linear_target_terms",
     "margin_cross_entropy",
-    "margin_target",
+    "margin_softmax_loss",
+    "target_angle",
+    "target_logsumexp",
 ]

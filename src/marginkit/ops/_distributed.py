@@ -9,7 +9,8 @@ N-length vectors (and one int per rank) cross the network:
 2. :func:`combine_row_logsumexp`: with local row log-sum-exps :math:`\ell_r`, an all-reduce MAX
    gives :math:`M = \max_r \ell_r`, then an all-reduce SUM of :math:`e^{\ell_r - M}` gives the
    global :math:`M + \log \sum_r e^{\ell_r - M}`. The target cosine (present on its owner only,
-   zero elsewhere) rides along in the same SUM.
+   zero elsewhere) and any other per-row sums (the row sum of :func:`~marginkit.ops.
+   target_logsumexp`) ride along in the same SUM (:func:`combine_row_statistics`).
 
 The op kernels call these with the group resolved from its name (custom ops take strings, not
 ``ProcessGroup`` objects); an empty name means single process.
@@ -62,9 +63,34 @@ def combine_row_logsumexp(
     Returns:
         ``(lse, target)``, both ``(N,)`` and identical on every rank.
     """
+    lse, (target,) = combine_row_statistics(local_lse, [local_target], group)
+    return lse, target
+
+
+def combine_row_statistics(
+    local_lse: Tensor, local_sums: list[Tensor], group: dist.ProcessGroup
+) -> tuple[Tensor, list[Tensor]]:
+    """Return the global row log-sum-exp and the global per-row sums (two all-reduces).
+
+    An all-reduce MAX of the local log-sum-exps, then one all-reduce SUM of the stacked
+    ``[exp(local_lse − max), *local_sums]``: whatever number of sums, two collectives of
+    N-vectors.
+
+    Args:
+        local_lse: ``(N,)`` log-sum-exp over this rank's columns (``-inf`` when none counted).
+        local_sums: ``(N,)`` vectors to sum over the ranks (a target cosine present on its
+            owner only and 0 elsewhere, a row sum over this rank's columns, ...).
+        group: the process group.
+
+    Returns:
+        ``(lse, sums)``: ``(N,)`` and a list of ``(N,)`` in the dtype of ``local_lse`` (separate
+        tensors), identical on every rank.
+    """
     row_max = local_lse.clone()
     dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
     shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
-    sums = torch.stack([torch.exp(local_lse - shift), local_target.to(local_lse.dtype)])
+    stacked = [torch.exp(local_lse - shift)] + [part.to(local_lse.dtype) for part in local_sums]
+    sums = torch.stack(stacked)
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-    return shift + torch.log(sums[0]), sums[1]
+    # Separate tensors, not views of one buffer (a custom op's outputs may not alias).
+    return shift + torch.log(sums[0]), [part.clone() for part in sums[1:].unbind(0)]

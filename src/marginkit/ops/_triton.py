@@ -1,21 +1,24 @@
-r"""Triton kernels for the N×C part of the fused margin cross-entropy.
+r"""Triton kernels for the N×C part of :func:`marginkit.ops.target_logsumexp`.
 
 The margin arithmetic happens in torch on N-length vectors (:mod:`marginkit.ops._margin`); the
 two passes over the N×C cosine matrix are margin-agnostic and live here:
 
-* :func:`row_logsumexp_excluding_target` — the forward pass, a single-pass ("online") row
-  log-sum-exp of the scaled cosines with each row's target column left out,
+* :func:`row_statistics_excluding_target` — the forward pass, a single-pass ("online") row
+  log-sum-exp of the scaled cosines with each row's target column left out, and optionally the
+  row sum of the other cosines (of the row's category when categories are given),
 
   .. math::
-      \mathrm{lse}_i = \log \sum_{j \ne t_i} e^{s\,x_{ij}};
+      R_i = \log \sum_{j \ne t_i} e^{s\,x_{ij}}, \qquad
+      S_i = \sum_{j \ne t_i,\ \kappa(j) = \rho_i} x_{ij};
 
 * :func:`write_row_softmax` — the backward pass, which writes every element of the output once,
 
   .. math::
-      y_{ij} = c_i\, e^{s\,x_{ij} - \mathrm{lse}_i} \quad (j \ne t_i), \qquad y_{i t_i} = v_i.
+      y_{ij} = c_i\, e^{s\,x_{ij} - R_i} + a_i [\kappa(j) = \rho_i] \quad (j \ne t_i), \qquad
+      y_{i t_i} = v_i.
 
 Both are host launchers with the same signatures as their chunked-torch twins in
-:mod:`marginkit.ops._cpu`; they pick the block sizes and launch plain ``@triton.jit`` kernels,
+:mod:`marginkit.ops._cpu` (plus keyword-only launch overrides for the tests); they pick the block sizes and launch plain ``@triton.jit`` kernels,
 so they can sit inside an opaque ``torch.library`` custom op. The hosts read only shapes,
 strides, dtypes and devices, never tensor data, and allocate with ``torch.empty``, so they also
 trace under ``torch.library.triton_op`` should each launch be wrapped in ``wrap_triton`` later.
@@ -63,7 +66,12 @@ from torch import Tensor
 
 from marginkit.ops._dtypes import accumulation_dtype
 
-__all__ = ["interpreter_enabled", "row_logsumexp_excluding_target", "write_row_softmax"]
+__all__ = [
+    "interpreter_enabled",
+    "row_logsumexp_excluding_target",
+    "row_statistics_excluding_target",
+    "write_row_softmax",
+]
 
 # Largest column tile per element size of the logits, chosen so that each thread holds about 16
 # values of the tile at the num_warps below (8192 half-precision values = 16 KiB per tile).
@@ -100,12 +108,25 @@ def _online_lse_update(running_max, running_sum, scaled):
 
 
 @triton.jit
+def _row_sum_update(running_total, cosines, keep, cats_ptr, cols, row_category, HAS_CATEGORY):
+    """Add the kept cosines of a tile (of the row's category, with ``HAS_CATEGORY``)."""
+    if HAS_CATEGORY:
+        cats = tl.load(cats_ptr + cols, mask=keep, other=0)
+        keep = keep & (cats == row_category)
+    return running_total + tl.sum(tl.where(keep, cosines, 0.0), axis=0)
+
+
+@triton.jit
 def _row_lse_partial_kernel(
     logits_ptr,
     target_ptr,
     lse_ptr,
     partial_max_ptr,
     partial_sum_ptr,
+    row_sum_ptr,
+    partial_row_sum_ptr,
+    column_category_ptr,
+    row_category_ptr,
     n_cols,
     stride_row,
     cols_per_split,
@@ -115,6 +136,8 @@ def _row_lse_partial_kernel(
     ROW_ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+    HAS_CATEGORY: tl.constexpr,
 ):
     """Online log-sum-exp of ``scale · logits[row, chunk]`` without the row's target column.
 
@@ -122,9 +145,12 @@ def _row_lse_partial_kernel(
     cols_per_split) ∩ [0, n_cols)`` in tiles of ``BLOCK_C`` — whole tiles unmasked (so the
     loads vectorise), then at most one masked tail tile — keeping a running max ``m`` and a
     running sum ``s = Σ exp(z − m)`` (:func:`_online_lse_update`). The target column and columns
-    past the chunk are ``−inf`` and add nothing. With ``SINGLE_SPLIT`` the program writes
-    ``lse = m + log s`` (``−inf`` when ``s = 0``); otherwise it writes ``(m, s)`` for
-    :func:`_combine_lse_partials_kernel`. ``ROW_ALIGN`` divides ``stride_row`` (an alignment hint).
+    past the chunk are ``−inf`` and add nothing. With ``ROW_SUM`` it also sums the cosines of the
+    non-target columns (only those whose category equals the row's with ``HAS_CATEGORY``). With
+    ``SINGLE_SPLIT`` the program writes ``lse = m + log s`` (``−inf`` when ``s = 0``) and the row
+    sum; otherwise it writes ``(m, s)`` and the partial row sum for
+    :func:`_combine_lse_partials_kernel`. ``ROW_ALIGN`` divides ``stride_row`` (an alignment
+    hint).
     """
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -133,6 +159,9 @@ def _row_lse_partial_kernel(
 
     row_ptr = logits_ptr + tl.multiple_of(row.to(tl.int64) * stride_row, ROW_ALIGN)
     target = tl.load(target_ptr + row)
+    row_category = 0
+    if HAS_CATEGORY:
+        row_category = tl.load(row_category_ptr + row)
     col_begin = split * cols_per_split
     col_end = tl.minimum(col_begin + cols_per_split, n_cols)
     full_end = col_begin + (col_end - col_begin) // BLOCK_C * BLOCK_C
@@ -140,25 +169,40 @@ def _row_lse_partial_kernel(
 
     running_max = tl.full([], float("-inf"), acc_dtype)
     running_sum = tl.full([], 0.0, acc_dtype)
+    running_total = tl.full([], 0.0, acc_dtype)
     for tile_begin in range(col_begin, full_end, BLOCK_C):
         cols = tile_begin + offsets
         cosines = tl.load(row_ptr + cols).to(acc_dtype)
-        scaled = tl.where(cols != target, cosines * scale, float("-inf"))
+        keep = cols != target
+        scaled = tl.where(keep, cosines * scale, float("-inf"))
         running_max, running_sum = _online_lse_update(running_max, running_sum, scaled)
+        if ROW_SUM:
+            running_total = _row_sum_update(
+                running_total, cosines, keep, column_category_ptr, cols, row_category, HAS_CATEGORY
+            )
     for tile_begin in range(full_end, col_end, BLOCK_C):  # the tail: zero or one tile
         cols = tile_begin + offsets
         in_chunk = cols < col_end
         cosines = tl.load(row_ptr + cols, mask=in_chunk, other=0.0).to(acc_dtype)
-        scaled = tl.where(in_chunk & (cols != target), cosines * scale, float("-inf"))
+        keep = in_chunk & (cols != target)
+        scaled = tl.where(keep, cosines * scale, float("-inf"))
         running_max, running_sum = _online_lse_update(running_max, running_sum, scaled)
+        if ROW_SUM:
+            running_total = _row_sum_update(
+                running_total, cosines, keep, column_category_ptr, cols, row_category, HAS_CATEGORY
+            )
 
     if SINGLE_SPLIT:
         shift = tl.where(running_max == float("-inf"), 0.0, running_max)
         tl.store(lse_ptr + row, shift + tl.log(running_sum))
+        if ROW_SUM:
+            tl.store(row_sum_ptr + row, running_total)
     else:
         slot = row.to(tl.int64) * num_splits + split
         tl.store(partial_max_ptr + slot, running_max)
         tl.store(partial_sum_ptr + slot, running_sum)
+        if ROW_SUM:
+            tl.store(partial_row_sum_ptr + slot, running_total)
 
 
 @triton.jit
@@ -166,15 +210,19 @@ def _combine_lse_partials_kernel(
     partial_max_ptr,
     partial_sum_ptr,
     lse_ptr,
+    partial_row_sum_ptr,
+    row_sum_ptr,
     n_rows,
     num_splits,
     BLOCK_N: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr,
+    ROW_SUM: tl.constexpr,
 ):
     """Second stage: ``lse_i = M_i + log Σ_k s_ik · exp(m_ik − M_i)`` with ``M_i = max_k m_ik``.
 
     Splits whose columns were all excluded hold ``(m, s) = (−inf, 0)``; a row with no columns at
     all gets ``M = −inf`` and ``lse = log 0 = −inf`` (0 stands in for ``M`` in the exponents).
+    With ``ROW_SUM`` the partial row sums are added up too.
     """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     splits = tl.arange(0, BLOCK_SPLITS)
@@ -187,18 +235,40 @@ def _combine_lse_partials_kernel(
     shift = tl.where(row_max == float("-inf"), 0.0, row_max)
     total = tl.sum(part_sum * tl.exp(part_max - shift[:, None]), axis=1)
     tl.store(lse_ptr + rows, shift + tl.log(total), mask=row_ok)
+    if ROW_SUM:
+        part_row_sum = tl.load(partial_row_sum_ptr + slots, mask=mask, other=0.0)
+        tl.store(row_sum_ptr + rows, tl.sum(part_row_sum, axis=1), mask=row_ok)
 
 
 @triton.jit
-def _row_softmax_tile(cosines, cols, target, scale, lse, row_coef, target_value, OUT_MAX):
-    """``clamp(c · exp(scale · x − lse), ±OUT_MAX)`` with ``v`` at the target column.
+def _row_softmax_tile(
+    cosines,
+    cols,
+    keep,
+    target,
+    scale,
+    lse,
+    row_coef,
+    target_value,
+    row_add,
+    cats_ptr,
+    row_category,
+    HAS_ROW_ADD: tl.constexpr,
+    HAS_CATEGORY: tl.constexpr,
+):
+    """``c · exp(scale · x − lse) (+ a · [κ(j) = ρ])`` with ``v`` at the target column.
 
-    The clamp turns overflow (±inf included) into ±OUT_MAX and lets NaN through, unhidden.
+    ``keep`` masks the columns to load categories for. No clamp: an overflow of the output dtype
+    becomes ``inf`` when the caller stores, as in torch's own kernels.
     """
     values = row_coef * tl.exp(cosines * scale - lse)
-    values = tl.where(cols == target, target_value, values)
-    values = tl.maximum(values, -OUT_MAX, propagate_nan=tl.PropagateNan.ALL)
-    return tl.minimum(values, OUT_MAX, propagate_nan=tl.PropagateNan.ALL)
+    if HAS_ROW_ADD:
+        if HAS_CATEGORY:
+            cats = tl.load(cats_ptr + cols, mask=keep, other=0)
+            values += tl.where(cats == row_category, row_add, 0.0)
+        else:
+            values += row_add
+    return tl.where(cols == target, target_value, values)
 
 
 @triton.jit
@@ -208,6 +278,9 @@ def _write_row_softmax_kernel(
     lse_ptr,
     row_coef_ptr,
     target_value_ptr,
+    row_add_ptr,
+    column_category_ptr,
+    row_category_ptr,
     out_ptr,
     n_cols,
     stride_logits_row,
@@ -215,12 +288,13 @@ def _write_row_softmax_kernel(
     cols_per_split,
     scale_hi,
     scale_lo,
-    OUT_MAX: tl.constexpr,
     LOGITS_ROW_ALIGN: tl.constexpr,
     OUT_ROW_ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    HAS_ROW_ADD: tl.constexpr,
+    HAS_CATEGORY: tl.constexpr,
 ):
-    """``out[row, j] = clamp(c · exp(scale · x_j − lse), ±OUT_MAX)``, the target column ``v``.
+    """``out[row, j] = c · exp(scale · x_j − lse) (+ a · [κ(j) = ρ])``, the target column ``v``.
 
     Program (row, split) writes the columns ``[split · cols_per_split, (split + 1) ·
     cols_per_split) ∩ [0, n_cols)`` exactly once, in tiles of ``BLOCK_C``: whole tiles unmasked,
@@ -240,6 +314,12 @@ def _write_row_softmax_kernel(
     lse = tl.load(lse_ptr + row)
     row_coef = tl.load(row_coef_ptr + row).to(acc_dtype)
     target_value = tl.load(target_value_ptr + row).to(acc_dtype)
+    row_add = tl.full([], 0.0, acc_dtype)
+    if HAS_ROW_ADD:
+        row_add = tl.load(row_add_ptr + row).to(acc_dtype)
+    row_category = 0
+    if HAS_CATEGORY:
+        row_category = tl.load(row_category_ptr + row)
     col_begin = split * cols_per_split
     col_end = tl.minimum(col_begin + cols_per_split, n_cols)
     full_end = col_begin + (col_end - col_begin) // BLOCK_C * BLOCK_C
@@ -249,7 +329,19 @@ def _write_row_softmax_kernel(
         cols = tile_begin + offsets
         cosines = tl.load(logits_row_ptr + cols).to(acc_dtype)
         values = _row_softmax_tile(
-            cosines, cols, target, scale, lse, row_coef, target_value, OUT_MAX
+            cosines,
+            cols,
+            cols < col_end,
+            target,
+            scale,
+            lse,
+            row_coef,
+            target_value,
+            row_add,
+            column_category_ptr,
+            row_category,
+            HAS_ROW_ADD,
+            HAS_CATEGORY,
         )
         tl.store(out_row_ptr + cols, values.to(out_dtype))
     for tile_begin in range(full_end, col_end, BLOCK_C):  # the tail: zero or one tile
@@ -257,7 +349,19 @@ def _write_row_softmax_kernel(
         in_chunk = cols < col_end
         cosines = tl.load(logits_row_ptr + cols, mask=in_chunk, other=0.0).to(acc_dtype)
         values = _row_softmax_tile(
-            cosines, cols, target, scale, lse, row_coef, target_value, OUT_MAX
+            cosines,
+            cols,
+            in_chunk,
+            target,
+            scale,
+            lse,
+            row_coef,
+            target_value,
+            row_add,
+            column_category_ptr,
+            row_category,
+            HAS_ROW_ADD,
+            HAS_CATEGORY,
         )
         tl.store(out_row_ptr + cols, values.to(out_dtype), mask=in_chunk)
 
@@ -292,28 +396,20 @@ def _kernel_mode() -> str:
     return "mixed" if stdlib_compiled else "interpreted"
 
 
-def row_logsumexp_excluding_target(logits: Tensor, target_col: Tensor, scale: float) -> Tensor:
+def row_logsumexp_excluding_target(
+    logits: Tensor,
+    target_col: Tensor,
+    scale: float,
+    *,
+    block_c: int | None = None,
+    num_splits: int | None = None,
+) -> Tensor:
     r"""Row log-sum-exp of the scaled logits, leaving out each row's target column.
 
     .. math::
         \mathrm{lse}_i = \log \sum_{j \ne t_i} \exp(s \cdot x_{ij})
 
-    computed in one online pass per row (running max and rescaled running sum). A ``t_i``
-    outside ``[0, C)`` (``-1``, ``-100``, or a class held by another rank's shard) excludes
-    nothing; a row whose every column is excluded (``C == 1`` and ``t_i == 0``) gets ``-inf``.
-
-    Args:
-        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64, any row stride (a column
-            stride other than 1 is made contiguous first).
-        target_col: ``(N,)`` int64 column to leave out per row.
-        scale: the factor ``s`` applied to every logit.
-
-    Returns:
-        ``(N,)`` float32 (float64 for float64 ``logits``).
-
-    Raises:
-        RuntimeError: if the tensors are on the CPU and the kernels were not built for Triton's
-            interpreter.
+    :func:`row_statistics_excluding_target` without the row sum (same launch overrides).
 
     Example:
         >>> import torch
@@ -322,7 +418,130 @@ def row_logsumexp_excluding_target(logits: Tensor, target_col: Tensor, scale: fl
         ...     lse = row_logsumexp_excluding_target(x, torch.tensor([1]), 1.0)
         ...     assert torch.allclose(lse, torch.tensor([2.0]).log())
     """
-    return _row_logsumexp_excluding_target(logits, target_col, scale)
+    return row_statistics_excluding_target(
+        logits, target_col, scale, block_c=block_c, num_splits=num_splits
+    )[0]
+
+
+def row_statistics_excluding_target(
+    logits: Tensor,
+    target_col: Tensor,
+    scale: float,
+    row_sum: bool = False,
+    column_category: Tensor | None = None,
+    row_category: Tensor | None = None,
+    *,
+    block_c: int | None = None,
+    num_splits: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Row log-sum-exp of the scaled logits and row sum, leaving out each row's target column.
+
+    .. math::
+        R_i = \log \sum_{j \ne t_i} \exp(s \cdot x_{ij}), \qquad
+        S_i = \sum_{j \ne t_i,\ \kappa(j) = \rho_i} x_{ij}
+
+    computed in one online pass per row (running max, rescaled running sum and, with
+    ``row_sum``, the running sum of the kept cosines). A ``t_i`` outside ``[0, C)`` (``-1``,
+    ``-100``, or a class held by another rank's shard) excludes nothing; a row whose every
+    column is excluded (``C == 1`` and ``t_i == 0``) gets ``R = -inf`` and ``S = 0``.
+
+    Args:
+        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64, any row stride (a column
+            stride other than 1 is made contiguous first).
+        target_col: ``(N,)`` int64 column to leave out per row.
+        scale: the factor ``s`` applied to every logit.
+        row_sum: also compute :math:`S` (else ``None`` is returned for it).
+        column_category: ``(C,)`` integer :math:`\kappa`, or ``None`` (every column counts).
+        row_category: ``(N,)`` integer :math:`\rho` (with ``column_category``).
+        block_c, num_splits: override the tile width and the programs per row (tests).
+
+    Returns:
+        ``(R, S)``, ``(N,)`` float32 (float64 for float64 ``logits``); ``S`` is ``None`` without
+        ``row_sum``.
+
+    Raises:
+        RuntimeError: if the tensors are on the CPU and the kernels were not built for Triton's
+            interpreter.
+
+    Example:
+        >>> import torch
+        >>> if interpreter_enabled():
+        ...     x = torch.tensor([[0.5, 1.0, 0.25]])
+        ...     _, total = row_statistics_excluding_target(x, torch.tensor([1]), 1.0, True)
+        ...     assert total.tolist() == [0.75]
+    """
+    _check_launchable(logits)
+    n_rows, n_cols = logits.shape
+    acc_dtype = accumulation_dtype(logits.dtype)
+    device = logits.device
+    lse = torch.empty(n_rows, dtype=acc_dtype, device=device)
+    total = torch.zeros(n_rows, dtype=acc_dtype, device=device) if row_sum else None
+    if n_rows == 0:
+        return lse, total
+    if n_cols == 0:
+        return lse.fill_(float("-inf")), total
+    logits = _unit_column_stride(logits)
+    target_col = target_col.contiguous()
+    has_category = row_sum and column_category is not None
+    column_category, row_category = _category_arguments(
+        column_category if has_category else None, row_category, target_col
+    )
+    block_c, num_warps = _column_tile(n_cols, logits.element_size(), block_c)
+    cols_per_split, splits = _split_columns(n_rows, n_cols, block_c, device, num_splits)
+    scale_hi, scale_lo = _split_float(scale)
+
+    row_sum_out = lse if total is None else total  # not touched without ROW_SUM
+    if splits == 1:
+        partial_max = partial_sum = partial_row_sum = lse  # not touched by the single split
+    else:
+        partial_max = torch.empty(n_rows, splits, dtype=acc_dtype, device=device)
+        partial_sum = torch.empty(n_rows, splits, dtype=acc_dtype, device=device)
+        partial_row_sum = (
+            torch.empty(n_rows, splits, dtype=acc_dtype, device=device) if row_sum else lse
+        )
+    _row_lse_partial_kernel[(n_rows, splits)](
+        logits,
+        target_col,
+        lse,
+        partial_max,
+        partial_sum,
+        row_sum_out,
+        partial_row_sum,
+        column_category,
+        row_category,
+        n_cols,
+        logits.stride(0),
+        cols_per_split,
+        splits,
+        scale_hi,
+        scale_lo,
+        ROW_ALIGN=_row_alignment(logits),
+        BLOCK_C=block_c,
+        SINGLE_SPLIT=splits == 1,
+        ROW_SUM=row_sum,
+        HAS_CATEGORY=has_category,
+        num_warps=num_warps,
+        enable_fp_fusion=True,
+    )
+    if splits > 1:
+        block_splits = triton.next_power_of_2(splits)
+        block_n = max(1, _COMBINE_TILE // block_splits)
+        block_n = min(block_n, triton.next_power_of_2(n_rows))
+        _combine_lse_partials_kernel[(triton.cdiv(n_rows, block_n),)](
+            partial_max,
+            partial_sum,
+            lse,
+            partial_row_sum,
+            row_sum_out,
+            n_rows,
+            splits,
+            BLOCK_N=block_n,
+            BLOCK_SPLITS=block_splits,
+            ROW_SUM=row_sum,
+            num_warps=4,
+            enable_fp_fusion=True,
+        )
+    return lse, total
 
 
 def write_row_softmax(
@@ -333,16 +552,23 @@ def write_row_softmax(
     target_value: Tensor,
     scale: float,
     out: Tensor,
+    *,
+    row_add: Tensor | None = None,
+    column_category: Tensor | None = None,
+    row_category: Tensor | None = None,
+    block_c: int | None = None,
+    num_splits: int | None = None,
 ) -> Tensor:
     r"""Write the row-scaled softmax of the scaled logits, with a given value in the target column.
 
     .. math::
-        y_{ij} = c_i \exp(s \cdot x_{ij} - \mathrm{lse}_i) \quad (j \ne t_i), \qquad
-        y_{i t_i} = v_i \quad (0 \le t_i < C)
+        y_{ij} = c_i \exp(s \cdot x_{ij} - \mathrm{lse}_i) + a_i [\kappa(j) = \rho_i]
+        \quad (j \ne t_i), \qquad y_{i t_i} = v_i \quad (0 \le t_i < C)
 
-    Every element is written exactly once. The maths runs in float32 (float64 for float64
-    ``logits``); the result is stored in ``out.dtype`` after saturating to its finite range
-    (``±65504`` for float16), so an overflow gives the largest finite value, never ``inf``.
+    (the :math:`a_i` term only with ``row_add``; without categories it is added to every
+    non-target column). Every element is written exactly once. The maths runs in float32
+    (float64 for float64 ``logits``); the result is rounded to ``out.dtype`` with no clamp, so an
+    overflow of that dtype gives ``inf``, as torch's own kernels do.
 
     Args:
         logits: ``(N, C)`` float16 / bfloat16 / float32 / float64, any row stride.
@@ -352,6 +578,10 @@ def write_row_softmax(
         target_value: ``(N,)`` accumulation-dtype value ``v_i`` written at the target column.
         scale: the factor ``s`` applied to every logit.
         out: ``(N, C)`` float tensor receiving ``y`` (usually ``logits.dtype``).
+        row_add: ``(N,)`` accumulation-dtype ``a_i`` added off target, or ``None``.
+        column_category: ``(C,)`` integer :math:`\kappa`, or ``None`` (every column matches).
+        row_category: ``(N,)`` integer :math:`\rho` (with ``column_category``).
+        block_c, num_splits: override the tile width and the programs per row (tests).
 
     Returns:
         ``out``.
@@ -369,86 +599,6 @@ def write_row_softmax(
         ...     y = write_row_softmax(x, t, lse, one, v, 1.0, torch.empty(1, 3))
         ...     assert y.tolist() == [[0.5, -1.0, 0.5]]
     """
-    return _write_row_softmax(logits, target_col, lse, row_coef, target_value, scale, out)
-
-
-def _row_logsumexp_excluding_target(
-    logits: Tensor,
-    target_col: Tensor,
-    scale: float,
-    *,
-    block_c: int | None = None,
-    num_splits: int | None = None,
-) -> Tensor:
-    """:func:`row_logsumexp_excluding_target` with optional tile width and split count (tests)."""
-    _check_launchable(logits)
-    n_rows, n_cols = logits.shape
-    acc_dtype = accumulation_dtype(logits.dtype)
-    lse = torch.empty(n_rows, dtype=acc_dtype, device=logits.device)
-    if n_rows == 0:
-        return lse
-    if n_cols == 0:
-        return lse.fill_(float("-inf"))
-    logits = _unit_column_stride(logits)
-    target_col = target_col.contiguous()
-    block_c, num_warps = _column_tile(n_cols, logits.element_size(), block_c)
-    cols_per_split, splits = _split_columns(n_rows, n_cols, block_c, logits.device, num_splits)
-    scale_hi, scale_lo = _split_float(scale)
-
-    if splits == 1:
-        partial_max = partial_sum = lse  # not touched by the single-split kernel
-    else:
-        partial_max = torch.empty(n_rows, splits, dtype=acc_dtype, device=logits.device)
-        partial_sum = torch.empty(n_rows, splits, dtype=acc_dtype, device=logits.device)
-    _row_lse_partial_kernel[(n_rows, splits)](
-        logits,
-        target_col,
-        lse,
-        partial_max,
-        partial_sum,
-        n_cols,
-        logits.stride(0),
-        cols_per_split,
-        splits,
-        scale_hi,
-        scale_lo,
-        ROW_ALIGN=_row_alignment(logits),
-        BLOCK_C=block_c,
-        SINGLE_SPLIT=splits == 1,
-        num_warps=num_warps,
-        enable_fp_fusion=True,
-    )
-    if splits > 1:
-        block_splits = triton.next_power_of_2(splits)
-        block_n = max(1, _COMBINE_TILE // block_splits)
-        block_n = min(block_n, triton.next_power_of_2(n_rows))
-        _combine_lse_partials_kernel[(triton.cdiv(n_rows, block_n),)](
-            partial_max,
-            partial_sum,
-            lse,
-            n_rows,
-            splits,
-            BLOCK_N=block_n,
-            BLOCK_SPLITS=block_splits,
-            num_warps=4,
-            enable_fp_fusion=True,
-        )
-    return lse
-
-
-def _write_row_softmax(
-    logits: Tensor,
-    target_col: Tensor,
-    lse: Tensor,
-    row_coef: Tensor,
-    target_value: Tensor,
-    scale: float,
-    out: Tensor,
-    *,
-    block_c: int | None = None,
-    num_splits: int | None = None,
-) -> Tensor:
-    """:func:`write_row_softmax` with optional tile width and split count (tests)."""
     _check_launchable(logits)
     n_rows, n_cols = logits.shape
     if n_rows == 0 or n_cols == 0:
@@ -461,16 +611,22 @@ def _write_row_softmax(
     block_c, num_warps = _column_tile(n_cols, logits.element_size(), block_c)
     cols_per_split, splits = _split_columns(n_rows, n_cols, block_c, logits.device, num_splits)
     scale_hi, scale_lo = _split_float(scale)
-    # Saturate in the accumulation dtype at the smaller of the two largest finite values, so the
-    # bound itself is representable where the clamp happens and finite in ``out.dtype``.
-    out_max = min(torch.finfo(out.dtype).max, torch.finfo(acc_dtype).max)
+    lse = lse.to(acc_dtype).contiguous()
+    has_row_add = row_add is not None
+    has_category = has_row_add and column_category is not None
+    column_category, row_category = _category_arguments(
+        column_category if has_category else None, row_category, target_col
+    )
 
     _write_row_softmax_kernel[(n_rows, splits)](
         logits,
         target_col.contiguous(),
-        lse.to(acc_dtype).contiguous(),
+        lse,
         row_coef.contiguous(),
         target_value.contiguous(),
+        row_add.to(acc_dtype).contiguous() if has_row_add else lse,
+        column_category,
+        row_category,
         dest,
         n_cols,
         logits.stride(0),
@@ -478,16 +634,29 @@ def _write_row_softmax(
         cols_per_split,
         scale_hi,
         scale_lo,
-        OUT_MAX=out_max,
         LOGITS_ROW_ALIGN=_row_alignment(logits),
         OUT_ROW_ALIGN=_row_alignment(dest),
         BLOCK_C=block_c,
+        HAS_ROW_ADD=has_row_add,
+        HAS_CATEGORY=has_category,
         num_warps=num_warps,
         enable_fp_fusion=True,
     )
     if dest is not out:
         out.copy_(dest)
     return out
+
+
+def _category_arguments(
+    column_category: Tensor | None, row_category: Tensor | None, placeholder: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Contiguous int64 categories, or ``placeholder`` twice (never read) without them."""
+    if column_category is None:
+        return placeholder, placeholder
+    return (
+        column_category.to(torch.int64).contiguous(),
+        row_category.to(torch.int64).contiguous(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +717,7 @@ def _column_tile(n_cols: int, element_size: int, block_c: int | None) -> tuple[i
 def _split_columns(
     n_rows: int, n_cols: int, block_c: int, device: torch.device, num_splits: int | None
 ) -> tuple[int, int]:
-    """Return ``(cols_per_split, splits)``: how many programs share one row.
+    """Return ``(cols_per_split, splits)``: how many programs share one row (or row tile).
 
     One program per row while the N rows already give each streaming multiprocessor
     ``_PROGRAMS_PER_SM`` programs; below that (small N, wide shards) a row is cut into column
@@ -558,7 +727,7 @@ def _split_columns(
     n_tiles = triton.cdiv(n_cols, block_c)
     if num_splits is None:
         wanted_programs = 1
-        if device.type == "cuda":
+        if device.type == "cuda" and _kernel_mode() == "compiled":
             index = device.index if device.index is not None else torch.cuda.current_device()
             wanted_programs = _PROGRAMS_PER_SM * _sm_count(index)
         num_splits = triton.cdiv(wanted_programs, n_rows)

@@ -6,8 +6,13 @@ is scaled. The output is a new N×C tensor (that is its purpose); use
 :func:`marginkit.ops.margin_cross_entropy` when the next step is a softmax cross-entropy, which
 never materialises the modified logits.
 
-Both directions are custom ops: the forward copies the logits and writes N margin values, the
-backward copies the incoming gradient and multiplies its N target entries by :math:`\phi'`.
+The margin is the one copy in :mod:`marginkit.ops._margin`, evaluated on the N target cosines
+with its slope :math:`\phi'` from forward-mode autograd (``torch.func.jvp``, which
+``torch.compile`` traces). The N×C work is two custom ops: ``target_cosine`` checks the label
+range (one host read) and gathers the N target cosines; ``combined_margin_fwd`` copies the
+logits and writes the N margin values, its backward (``combined_margin_bwd``) copies the
+incoming gradient and multiplies its N target entries by :math:`\phi'`. One N×C allocation each
+way.
 """
 
 from __future__ import annotations
@@ -15,83 +20,62 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from marginkit.ops._dtypes import accumulation_dtype
-from marginkit.ops._margin import GRAD_MODES, MARGIN_FALLBACKS, margin_target
-from marginkit.ops._validation import (
+from marginkit._validation import (
     check_ignore_index,
-    check_label_range,
     check_logits_and_label,
     check_margins,
     check_option,
 )
+from marginkit.ops._dtypes import accumulation_dtype
+from marginkit.ops._margin import GRAD_MODES, MARGIN_FALLBACKS, combined_margin_of_cosines
+from marginkit.ops._targets import gather_target, local_target_column
 
 __all__ = ["combined_margin"]
 
 
-@torch.library.custom_op("marginkit::combined_margin_fwd", mutates_args=())
-def combined_margin_fwd(
-    logits: Tensor,
-    label: Tensor,
-    m1: float,
-    m2: float,
-    m3: float,
-    margin_fallback: str,
-    grad_mode: str,
-    ignore_index: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``(margin_logits, target_col, dphi)``; checks the label range (``ValueError``).
+@torch.library.custom_op("marginkit::target_cosine", mutates_args=())
+def target_cosine(logits: Tensor, label: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """``(cos_target, target_col)``: the N target cosines (0 for ignored rows) and columns (-1).
 
-    ``target_col`` is the int64 target column per row (-1 for ignored rows) and ``dphi`` the
-    accumulation-dtype derivative of the margin at each row's target (0 for ignored rows).
+    Checks the label range (``ValueError``). Not differentiable.
     """
-    n_rows, n_cols = logits.shape
-    acc_dtype = accumulation_dtype(logits.dtype)
-    label = label.long()
-    valid = label != ignore_index
-    check_label_range(label, valid, n_cols, ignore_index)
-    target_col = torch.where(valid, label, torch.full_like(label, -1))
-    out = logits.new_empty(logits.shape).copy_(logits)
-    dphi = torch.zeros(n_rows, dtype=acc_dtype, device=logits.device)
-    rows = valid.nonzero()[:, 0]
-    cols = label[rows]
-    # N values only: computed in float64 (see margin_cross_entropy_fwd).
-    phi, dphi_rows = margin_target(
-        logits[rows, cols].double(), m1, m2, m3, margin_fallback, grad_mode
+    target_col = local_target_column(label, ignore_index, logits.shape[1], group_name="")
+    return gather_target(logits, target_col, accumulation_dtype(logits.dtype)), target_col
+
+
+@target_cosine.register_fake
+def _target_cosine_fake(logits: Tensor, label: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    n_rows = logits.shape[0]
+    torch._check(label.shape[0] == n_rows)
+    return (
+        logits.new_empty(n_rows, dtype=accumulation_dtype(logits.dtype)),
+        logits.new_empty(n_rows, dtype=torch.int64),
     )
-    out[rows, cols] = phi.to(out.dtype)
-    dphi[rows] = dphi_rows.to(acc_dtype)
-    return out, target_col, dphi
+
+
+@torch.library.custom_op("marginkit::combined_margin_fwd", mutates_args=())
+def combined_margin_fwd(logits: Tensor, target_col: Tensor, phi: Tensor, dphi: Tensor) -> Tensor:
+    """Copy ``logits`` and write ``phi`` at each row's target column (rows with ``-1``: none)."""
+    out = logits.new_empty(logits.shape).copy_(logits)
+    rows = (target_col >= 0).nonzero()[:, 0]
+    out[rows, target_col[rows]] = phi[rows].to(out.dtype)
+    return out
 
 
 @combined_margin_fwd.register_fake
 def _combined_margin_fwd_fake(
-    logits: Tensor,
-    label: Tensor,
-    m1: float,
-    m2: float,
-    m3: float,
-    margin_fallback: str,
-    grad_mode: str,
-    ignore_index: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    n_rows = logits.shape[0]
-    torch._check(label.shape[0] == n_rows)
-    return (
-        logits.new_empty(logits.shape),
-        logits.new_empty(n_rows, dtype=torch.int64),
-        logits.new_empty(n_rows, dtype=accumulation_dtype(logits.dtype)),
-    )
+    logits: Tensor, target_col: Tensor, phi: Tensor, dphi: Tensor
+) -> Tensor:
+    return logits.new_empty(logits.shape)
 
 
 @torch.library.custom_op("marginkit::combined_margin_bwd", mutates_args=())
 def combined_margin_bwd(grad_out: Tensor, target_col: Tensor, dphi: Tensor) -> Tensor:
-    """Copy ``grad_out`` and multiply each row's target entry by ``dphi`` (saturating)."""
+    """Copy ``grad_out`` and multiply each row's target entry by ``dphi`` (no clamp: inf stays)."""
     grad = grad_out.new_empty(grad_out.shape).copy_(grad_out)
     rows = (target_col >= 0).nonzero()[:, 0]
     cols = target_col[rows]
-    finite_max = torch.finfo(grad.dtype).max
-    target = grad[rows, cols].to(dphi.dtype) * dphi[rows]
-    grad[rows, cols] = target.clamp(-finite_max, finite_max).to(grad.dtype)
+    grad[rows, cols] = (grad[rows, cols].to(dphi.dtype) * dphi[rows]).to(grad.dtype)
     return grad
 
 
@@ -101,17 +85,16 @@ def _combined_margin_bwd_fake(grad_out: Tensor, target_col: Tensor, dphi: Tensor
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _out, target_col, dphi = output
+    _logits, target_col, _phi, dphi = inputs
     ctx.save_for_backward(target_col, dphi)
-    ctx.mark_non_differentiable(target_col, dphi)
 
 
-def _backward(ctx, grad_out, *_unused_grads):
+def _backward(ctx, grad_out):
     target_col, dphi = ctx.saved_tensors
     grad_logits = None
-    if ctx.needs_input_grad[0] and grad_out is not None:
+    if ctx.needs_input_grad[0]:
         grad_logits = combined_margin_bwd(grad_out, target_col, dphi)
-    return (grad_logits, *([None] * 7))
+    return grad_logits, None, None, None
 
 
 combined_margin_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -145,7 +128,7 @@ def combined_margin(
         m1: multiplicative angular margin, ``m1 > 0``.
         m2: additive angular margin in radians.
         m3: additive cosine margin.
-        margin_fallback: ``"none"``, ``"arcface"`` or ``"easy"`` (as
+        margin_fallback: ``"none"``, ``"arcface"``, ``"easy"`` or ``"monotonic"`` (as
             :func:`marginkit.ops.margin_cross_entropy`).
         grad_mode: ``"exact"`` or ``"straight_through"`` (as
             :func:`marginkit.ops.margin_cross_entropy`).
@@ -155,6 +138,8 @@ def combined_margin(
         ``(N, C)`` tensor like ``logits`` (contiguous).
 
     Raises:
+        TypeError: a non-tensor ``logits`` / ``label``, a non-number margin, a non-int
+            ``ignore_index``, a non-string option.
         ValueError: on a label outside ``[0, C)`` that is not ``ignore_index`` (label, row and
             range named), a batch mismatch, non-integer labels, a non-finite margin or
             ``m1 <= 0``, an unknown ``margin_fallback`` / ``grad_mode``.
@@ -171,7 +156,10 @@ def combined_margin(
     check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
     check_option("grad_mode", grad_mode, GRAD_MODES)
     check_ignore_index(ignore_index)
-    out, _target_col, _dphi = combined_margin_fwd(
-        logits, label, m1, m2, m3, margin_fallback, grad_mode, ignore_index
+    cos_target, target_col = target_cosine(logits.detach(), label, ignore_index)
+    phi, dphi = torch.func.jvp(
+        lambda cos: combined_margin_of_cosines(cos, m1, m2, m3, margin_fallback, grad_mode),
+        (cos_target,),
+        (torch.ones_like(cos_target),),
     )
-    return out
+    return combined_margin_fwd(logits, target_col, phi, dphi)
