@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from marginkit.losses.angular_margin import AngularMarginLoss, check_margin
+from marginkit.ops import combined_margin_logit
 
 
 class CosFaceLoss(AngularMarginLoss):
     r"""CosFace head: target logit :math:`s(\cos\theta_{y} - m)`, other logits :math:`s\cos\theta_j`.
+
+    .. math::
+        \ell_i = -\log\frac{e^{s(\cos\theta_{iy_i} - m)}}
+        {e^{s(\cos\theta_{iy_i} - m)} + \sum_{j\ne y_i} e^{s\cos\theta_{ij}}}
+
+    Paper: H. Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition",
+    CVPR 2018 (also F. Wang et al., "Additive Margin Softmax for Face Verification", 2018).
 
     Args:
         in_features: embedding dimension.
@@ -14,6 +24,8 @@ class CosFaceLoss(AngularMarginLoss):
         m: additive cosine margin, ``m >= 0``. Default 0.35 (the paper's).
         s: logit scale. Default 64.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
+            fused normalised-linear op (see :class:`~marginkit.losses.AngularMarginLoss`).
 
     Example:
         >>> import torch
@@ -29,9 +41,17 @@ class CosFaceLoss(AngularMarginLoss):
         m: float = 0.35,
         s: float = 64.0,
         reduction: str = "mean",
+        memory_efficient: bool | str = "auto",
     ) -> None:
+        super().__init__(
+            in_features, num_classes, s=s, reduction=reduction, memory_efficient=memory_efficient
+        )
         self.m = check_margin("m", m)
-        super().__init__(in_features, num_classes, s=s, reduction=reduction)
 
-    def margins(self) -> tuple[float, float, float]:
-        return 1.0, 0.0, self.m
+    def target_logit(
+        self, cos: Tensor, theta: Tensor, embeddings: Tensor, labels: Tensor
+    ) -> Tensor:
+        return combined_margin_logit(cos, theta, 1.0, 0.0, self.m)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m:g}"

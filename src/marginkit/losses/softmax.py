@@ -6,18 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit.losses._validation import check_embeddings, check_labels, check_positive_int
-from marginkit.ops import REDUCTIONS
-from marginkit.ops._validation import check_label_range, check_option
+from marginkit._validation import REDUCTIONS, check_embeddings, check_option, check_positive_int
+from marginkit.losses._loss_utils import reduce_loss
+from marginkit.losses.angular_margin import prepare_inputs
+from marginkit.ops import margin_softmax_loss, target_logsumexp
 
 
 class SoftmaxLoss(nn.Module):
     r"""Softmax cross-entropy over unnormalised logits :math:`z_{ij} = W_j \cdot x_i`.
 
     .. math:: \ell_i = -\log \frac{e^{z_{i,y_i}}}{\sum_j e^{z_{ij}}}
+        = \operatorname{softplus}\Big(\log\sum_{j\ne y_i} e^{z_{ij}} - z_{iy_i}\Big)
 
     The baseline the margin heads are measured against: it separates the training classes but
-    does not make the embedding space compact, so it transfers worse to unseen classes.
+    does not make the embedding space compact, so it transfers worse to unseen classes. The
+    loss runs on the fused :func:`marginkit.ops.target_logsumexp` (one N×C gradient buffer).
 
     Args:
         in_features: embedding dimension.
@@ -40,12 +43,23 @@ class SoftmaxLoss(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Return the cross-entropy of ``embeddings @ weight.T`` against ``labels``."""
+    def features(self, embeddings: Tensor) -> Tensor:
+        """What the linear classifier sees (the embeddings themselves here)."""
+        return embeddings
+
+    def logits(self, embeddings: Tensor) -> Tensor:
+        """The ``(N, num_classes)`` class logits :math:`W x` used at inference."""
         check_embeddings(embeddings, self.in_features)
-        labels = check_labels(labels, embeddings.shape[0])
-        check_label_range(labels, None, self.num_classes, None, name="labels")
-        return F.cross_entropy(F.linear(embeddings, self.weight), labels, reduction=self.reduction)
+        return F.linear(self.features(embeddings.to(self.weight.dtype)), self.weight)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """The cross-entropy of ``features(embeddings) @ weight.T`` against ``labels``."""
+        embeddings, labels = prepare_inputs(
+            embeddings, labels, self.in_features, self.num_classes, self.weight.dtype
+        )
+        logits = F.linear(self.features(embeddings), self.weight)
+        rest = target_logsumexp(logits, labels, 1.0)
+        return reduce_loss(margin_softmax_loss(rest.lse_rest, rest.cos_target), self.reduction)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
