@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from marginkit.cli import build, register_resolvers
+from marginkit.cli.train import LOSS_PARALLEL_KEYS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra"})
@@ -40,8 +41,14 @@ def test_every_group_option_composes(group, option, tmp_path):
 def test_every_loss_builds_with_the_module(loss, tmp_path):
     cfg = _compose([f"loss={loss}", "trainer.fast_dev_run=true"], tmp_path)
     datamodule, module, _trainer = build(cfg)
-    assert module.loss.num_classes == datamodule.num_classes == 6
-    assert module.loss.in_features == cfg.backbone.embedding_dim
+    if "num_classes" in cfg.loss:  # a head with class weights
+        assert module.loss.num_classes == datamodule.num_classes == 6
+    if getattr(type(module.loss), "requires_balanced_batches", False):  # P×K batches
+        k = cfg.data.n_instances
+        assert datamodule.n_instances == k and cfg.data.batch_size // k <= 6
+    # The checkpoint holds what rebuilds the model: the resolved configs.
+    assert module.hparams.loss["_target_"] == cfg.loss._target_
+    assert module.hparams.backbone["embedding_dim"] == cfg.backbone.embedding_dim
 
 
 def test_loss_configs_mirror_constructors():
@@ -52,7 +59,8 @@ def test_loss_configs_mirror_constructors():
         node = OmegaConf.load(CONF / "loss" / f"{option}.yaml")
         target = hydra.utils.get_class(node._target_)
         parameters = set(inspect.signature(target).parameters)
-        assert set(node) - {"_target_"} <= parameters, option
+        # `parallel` / `sample_rate` are read by the CLI (loss.parallel=model), not the head.
+        assert set(node) - {"_target_", *LOSS_PARALLEL_KEYS} <= parameters, option
 
 
 @pytest.mark.parametrize(
@@ -63,3 +71,49 @@ def test_callbacks_follow_the_monitored_metric(monitor, mode, tmp_path):
     for name in ("model_checkpoint", "early_stopping"):
         assert cfg.callbacks[name].monitor == monitor
         assert cfg.callbacks[name].mode == mode
+
+
+def test_the_digits_default_gets_its_tuned_settings_and_other_choices_do_not(tmp_path):
+    default = _compose([], tmp_path)
+    assert list(default.backbone.hidden) == [] and default.backbone.embedding_dim == 256
+    assert (default.loss.s, default.loss.m) == (32.0, 0.3)
+    softmax = _compose(["loss=softmax"], tmp_path)
+    assert "s" not in softmax.loss and list(softmax.backbone.hidden) == []
+    cnn = _compose(["backbone=small_cnn"], tmp_path)
+    assert "hidden" not in cnn.backbone and cnn.loss.s == 32.0
+    synthetic = _compose(["data=synthetic"], tmp_path)
+    assert list(synthetic.backbone.hidden) == [256] and synthetic.loss.s == 64.0
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_configs(trainer, tmp_path):
+    cfg = _compose([f"trainer={trainer}"], tmp_path)
+    expected = {"cpu": "32-true", "gpu": "bf16-mixed", "ddp": "32-true"}[trainer]
+    assert cfg.trainer.precision == expected
+    assert cfg.trainer.get("strategy") == ("ddp" if trainer == "ddp" else None)
+    half = _compose([f"trainer={trainer}", "trainer.precision=16-mixed"], tmp_path)
+    assert half.trainer.precision == "16-mixed"
+
+
+def test_resume_finds_the_run_directory_s_last_checkpoint(tmp_path):
+    from marginkit.cli import ConfigError
+    from marginkit.cli.train import resolve_checkpoint
+
+    cfg = _compose(["resume=true", "paths.task_dir=" + str(tmp_path / "task")], tmp_path / "now")
+    with pytest.raises(ConfigError, match=r"`resume` is true but there is no last\.ckpt"):
+        resolve_checkpoint(cfg)
+    older = tmp_path / "task" / "run_a" / "checkpoints" / "last.ckpt"
+    newer = tmp_path / "task" / "run_b" / "checkpoints" / "last.ckpt"
+    for path in (older, newer):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    import os
+
+    os.utime(older, (1, 1))
+    assert resolve_checkpoint(cfg) == str(newer)  # the task's latest run
+    own = tmp_path / "now" / "checkpoints" / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"")
+    assert resolve_checkpoint(cfg) == str(own)  # the run directory's own comes first
+    explicit = _compose([f"ckpt_path={older}", "resume=true"], tmp_path / "now")
+    assert resolve_checkpoint(explicit) == str(older)

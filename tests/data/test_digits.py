@@ -71,3 +71,85 @@ def test_loaders(datamodule):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)
+
+
+def test_eval_batches_carry_dataset_indices(datamodule):
+    seen = []
+    for inputs, labels, indices in datamodule.val_dataloader():
+        assert indices.dtype == torch.int64
+        assert torch.equal(inputs, datamodule.val_set.tensors[0][indices])
+        assert torch.equal(labels, datamodule.val_set.tensors[1][indices])
+        seen += indices.tolist()
+    assert seen == list(range(len(datamodule.val_set)))
+
+
+def test_baseline_features_are_the_standardised_test_pixels(datamodule):
+    images, digits = load_digits(return_X_y=True)
+    train = torch.as_tensor(images[digits < 6], dtype=torch.float64) / 16
+    mean, std = train.mean(0), train.std(0).clamp(min=1e-2)
+    features = datamodule.baseline_features("test")
+    labels = datamodule.labels("test")
+    assert features.shape == (len(datamodule.test_set), 64)
+    # Every row is the standardised version of a raw digit image of the same label.
+    raw = {}
+    for image, digit in zip(images, digits, strict=True):
+        raw.setdefault(int(digit), []).append(torch.as_tensor(image, dtype=torch.float64) / 16)
+    for row, label in zip(features[:20], labels[:20], strict=True):
+        candidates = (torch.stack(raw[int(label)]) - mean) / std
+        assert (candidates - row.double()).abs().amax(1).min() < 1e-5
+
+
+def test_verification_pairs_are_balanced_seeded_and_match_labels(datamodule):
+    pairs = datamodule.verification_pairs("test")
+    labels = datamodule.labels("test")
+    assert pairs.n_folds == 10 and len(pairs.issame) == 10 * 2 * 100
+    assert torch.equal(pairs.issame, labels[pairs.first] == labels[pairs.second])
+    folds = pairs.issame.view(10, 200)
+    assert (folds[:, :100]).all() and not folds[:, 100:].any()  # LFW layout per fold
+    again = DigitsDataModule()
+    again.setup("test")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(pairs[:3], again.verification_pairs("test")[:3], strict=True)
+    )
+    other = DigitsDataModule(seed=1)
+    other.setup("test")
+    assert not torch.equal(pairs.first, other.verification_pairs("test").first)
+
+
+def test_contract_errors(datamodule):
+    with pytest.raises(ValueError, match="`stage` must be one of"):
+        datamodule.verification_pairs("train")
+    fresh = DigitsDataModule()
+    assert fresh.num_classes == 6  # known at construction
+    with pytest.raises(RuntimeError, match=r"setup\('fit'\)"):
+        _ = fresh.train_labels
+    with pytest.raises(RuntimeError, match=r"setup\('test'\)"):
+        fresh.baseline_features("test")
+
+
+def test_p_by_k_batches():
+    dm = DigitsDataModule(batch_size=12, n_instances=4)
+    dm.setup("fit")
+    assert torch.equal(dm.train_labels, dm.train_set.tensors[1])
+    for _, labels in dm.train_dataloader():
+        classes, counts = labels.unique(return_counts=True)
+        assert len(classes) == 3 and (counts == 4).all()
+    with pytest.raises(ValueError, match="multiple of `n_instances`"):
+        DigitsDataModule(batch_size=10, n_instances=4)
+    with pytest.raises(ValueError, match="at most the number of `train_classes`"):
+        DigitsDataModule(batch_size=32, n_instances=4)
+
+
+def test_training_order_depends_on_seed_and_epoch_only(datamodule):
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    first = [labels for _, labels in datamodule.train_dataloader()]
+    torch.manual_seed(123)  # the global generator plays no part
+    again = [labels for _, labels in datamodule.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    loader = datamodule.train_dataloader()
+    assert sorted(loader.sampler) == list(range(len(datamodule.train_set)))  # a permutation
+    _set_sampler_epoch(loader, 1)  # what Lightning calls at the start of every epoch
+    assert not torch.equal(next(iter(loader))[1], first[0])
+    assert len(first) == len(datamodule.train_set) // 64

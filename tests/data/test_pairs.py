@@ -1,12 +1,15 @@
-"""read_pairs: LFW pairs.txt and CSV pair lists, and the line-numbered errors on bad lines."""
+"""read_pairs (LFW pairs.txt / CSV, line-numbered errors), pair_file_folds and sample_pairs."""
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 
 import pytest
+import torch
 
-from marginkit.data import read_pairs
+from marginkit.data import pair_file_folds, read_pairs, sample_pairs
 from marginkit.data.pairs import Pair
 
 LFW = """2\t2
@@ -111,3 +114,90 @@ def test_explicit_format_overrides_the_guess(tmp_path):
     path = _write(tmp_path, "a.jpg,b.jpg,1\n", "pairs.txt")
     with pytest.raises(ValueError, match="line 1: expected 3 fields"):
         read_pairs(path, format="lfw")
+
+
+def test_pair_file_folds(tmp_path):
+    assert pair_file_folds(_write(tmp_path, LFW)) == 2
+    assert pair_file_folds(_write(tmp_path, "1\nAbel_Pacheco\t1\t4\n")) is None
+    assert pair_file_folds(_write(tmp_path, "a.jpg,b.jpg,1\n", "p.csv")) is None
+
+
+def _check_pair_list(pairs, labels, n_folds, per_fold):
+    first, second, issame = pairs.first.tolist(), pairs.second.tolist(), pairs.issame.tolist()
+    assert pairs.n_folds == n_folds and len(first) == n_folds * 2 * per_fold
+    # Brute force: flags agree with the labels, no self pair, no unordered pair twice.
+    assert issame == [labels[a] == labels[b] for a, b in zip(first, second, strict=True)]
+    assert all(a != b for a, b in zip(first, second, strict=True))
+    unordered = [frozenset(p) for p in zip(first, second, strict=True)]
+    assert len(set(unordered)) == len(unordered)
+    expected = ([True] * per_fold + [False] * per_fold) * n_folds
+    assert issame == expected
+
+
+@pytest.mark.parametrize(
+    "sizes,n_folds,per_fold,expected_per_fold",
+    [
+        ([40, 30, 50], 10, 20, 20),  # plenty of pairs: rejection sampling
+        ([3, 3, 2], 2, 50, 3),  # 7 same pairs: capped at 7 // 2, enumerated
+        ([2, 2], 2, 1, 1),  # 2 same pairs, 4 different ones
+    ],
+)
+def test_sample_pairs_against_brute_force(sizes, n_folds, per_fold, expected_per_fold):
+    labels = torch.tensor([c for c, size in enumerate(sizes) for _ in range(size)])
+    labels = labels[torch.randperm(len(labels))]
+    pairs = sample_pairs(labels, n_folds, per_fold, seed=3)
+    _check_pair_list(pairs, labels.tolist(), n_folds, expected_per_fold)
+    again = sample_pairs(labels, n_folds, per_fold, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(pairs[:3], again[:3], strict=True))
+
+
+def test_sample_pairs_covers_every_pair_when_all_are_asked_for():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    same_all = {
+        frozenset(p) for p in itertools.combinations(range(6), 2) if labels[p[0]] == labels[p[1]]
+    }
+    pairs = sample_pairs(labels, n_folds=2, pairs_per_fold=2, seed=0)  # 4 of the 4 same pairs
+    same = {
+        frozenset(p)
+        for p, s in zip(
+            zip(pairs.first.tolist(), pairs.second.tolist(), strict=True), pairs.issame, strict=True
+        )
+        if s
+    }
+    assert same == same_all
+
+
+def test_sample_pairs_draws_same_pairs_uniformly():
+    """Same pairs are uniform over all same-label pairs: a class gets pairs ∝ C(n_c, 2)."""
+    labels = torch.tensor([0] * 10 + [1] * 30)
+    pairs = sample_pairs(labels, n_folds=2, pairs_per_fold=100, seed=0)
+    counts = Counter(int(labels[a]) for a, s in zip(pairs.first, pairs.issame, strict=True) if s)
+    share = counts[1] / (counts[0] + counts[1])
+    expected = 435 / (45 + 435)  # C(30, 2) / (C(10, 2) + C(30, 2))
+    assert abs(share - expected) < 0.06
+    other = sample_pairs(labels, n_folds=2, pairs_per_fold=100, seed=1)
+    assert not torch.equal(pairs.first, other.first)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"labels": torch.tensor([0, 1, 2])}, ValueError, "too few for `n_folds`=2"),
+        ({"labels": torch.tensor([0.0, 1.0])}, ValueError, "1-D integer tensor"),
+        ({"labels": [0, 1]}, TypeError, "torch.Tensor"),
+        (
+            {"labels": torch.tensor([0, 0, 1, 1]), "n_folds": 1},
+            ValueError,
+            "`n_folds` must be an int >= 2",
+        ),
+        (
+            {"labels": torch.tensor([0, 0, 1, 1]), "pairs_per_fold": 0},
+            ValueError,
+            "`pairs_per_fold`",
+        ),
+    ],
+)
+def test_sample_pairs_bad_arguments(kwargs, error, match):
+    kwargs.setdefault("n_folds", 2)
+    with pytest.raises(error, match=match):
+        sample_pairs(**kwargs)

@@ -45,7 +45,7 @@ def test_cosine_with_warmup_matches_formula():
     "kwargs",
     [
         {"total_steps": 0},
-        {"total_steps": 5, "warmup_steps": 5},
+        {"total_steps": 5, "warmup_steps": -1},
         {"total_steps": 5, "min_lr_ratio": 2.0},
     ],
 )
@@ -53,3 +53,16 @@ def test_cosine_bad_arguments(kwargs):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError):
         cosine_with_warmup(optimizer, **kwargs)
+
+
+def test_a_warmup_longer_than_the_run_is_shortened_with_a_warning():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.warns(UserWarning, match="warming up for 4 steps"):
+        scheduler = cosine_with_warmup(optimizer, total_steps=5, warmup_steps=5)
+    # Linear warm-up over the 4 steps: (t + 1) / 4 of the base rate.
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1])

@@ -1,4 +1,4 @@
-"""EmbeddingModule from plain Python (no Hydra), against brute-force retrieval references."""
+"""EmbeddingModule from plain Python (no Hydra), against brute-force and scikit-learn references."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from marginkit import EmbeddingModule
 from marginkit.data import DigitsDataModule
 from marginkit.losses import ArcFaceLoss, CosFaceLoss, SoftmaxLoss
 from marginkit.models import cosine_with_warmup, metric_mode
 from marginkit.models.backbones import MLP
+
+BACKBONE = {
+    "_target_": "marginkit.models.backbones.MLP",
+    "in_features": 64,
+    "hidden": [32],
+    "embedding_dim": 16,
+}
+LOSS = {"_target_": "marginkit.losses.ArcFaceLoss", "in_features": 16, "num_classes": 6, "s": 16.0}
 
 
 def _trainer(**kwargs) -> L.Trainer:
@@ -28,6 +38,12 @@ def _trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**{**defaults, **kwargs})
 
 
+def _digits(**kwargs) -> DigitsDataModule:
+    dm = DigitsDataModule(**kwargs)
+    dm.setup("fit")
+    return dm
+
+
 def _brute_force_precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor) -> float:
     unit = F.normalize(embeddings.double(), dim=1)
     similarity = unit @ unit.T
@@ -38,7 +54,7 @@ def _brute_force_precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor) 
 @pytest.mark.parametrize("head", ["arcface", "cosface", "softmax"])
 def test_fit_and_test_from_plain_python(head):
     L.seed_everything(0, verbose=False)
-    dm = DigitsDataModule(batch_size=64)
+    dm = _digits(batch_size=64)
     backbone = MLP(64, (128,), 32)
     loss = {
         "arcface": lambda: ArcFaceLoss(32, dm.num_classes, m=0.5, s=30.0),
@@ -60,20 +76,142 @@ def test_fit_and_test_from_plain_python(head):
     # The logged test precision@1 equals a brute-force computation on the test embeddings.
     module.eval()
     with torch.no_grad():
-        x, y = dm.test_set.tensors
+        x, y, _ = dm.test_set.tensors
         expected = _brute_force_precision_at_1(module(x), y)
     assert module.test_metrics["test/precision@1"] == pytest.approx(expected, abs=1e-6)
     assert expected > 0.8  # learns something about unseen digits in 4 short epochs
 
 
-def test_non_finite_loss_stops_training():
-    class Broken(nn.Module):
-        def forward(self, embeddings, labels):
-            return embeddings.sum() * float("nan")
+class _ShuffledTestDigits(DigitsDataModule):
+    """The digits with the test split served in a shuffled order."""
 
-    module = EmbeddingModule(MLP(64, (16,), 8), Broken(), verification=False)
-    with pytest.raises(FloatingPointError, match="training loss is nan at step 0"):
-        _trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, datamodule=DigitsDataModule())
+    def test_dataloader(self) -> DataLoader:
+        order = torch.randperm(len(self.test_set), generator=torch.Generator().manual_seed(3))
+        return DataLoader(Subset(self.test_set, order.tolist()), batch_size=self.eval_batch_size)
+
+
+def test_verification_scores_exactly_the_pair_list_whatever_the_batching():
+    torch.manual_seed(0)
+    module = EmbeddingModule(MLP(64, (32,), 16), SoftmaxLoss(16, 6), top_k=(1,))
+    results = []
+    for dm in (_digits(eval_batch_size=512), _digits(eval_batch_size=7), _ShuffledTestDigits()):
+        dm.setup("test")
+        _trainer().test(module, datamodule=dm, verbose=False)
+        results.append(module.test_metrics)
+    assert results[0] == results[1] == results[2]
+    # Independent reference: cosine of each listed pair, scikit-learn's AUC.
+    dm = _digits()
+    dm.setup("test")
+    pairs = dm.verification_pairs("test")
+    x, _, _ = dm.test_set.tensors
+    module.eval()
+    with torch.no_grad():
+        unit = F.normalize(module(x).double(), dim=1)
+    first, second = torch.as_tensor(pairs.first), torch.as_tensor(pairs.second)
+    scores = (unit[first] * unit[second]).sum(1)
+    expected_auc = roc_auc_score(torch.as_tensor(pairs.issame).numpy(), scores.numpy())
+    assert results[0]["test/auc"] == pytest.approx(expected_auc, abs=1e-5)
+
+
+def test_load_from_checkpoint_rebuilds_the_model_alone(tmp_path):
+    L.seed_everything(0, verbose=False)
+    module = EmbeddingModule(
+        BACKBONE,
+        LOSS,
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        top_k=(1,),
+    )
+    trainer = _trainer(max_epochs=1, limit_train_batches=3, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_digits())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)  # plain containers and tensors only
+    assert stored["hyper_parameters"]["loss"] == LOSS
+    loaded = EmbeddingModule.load_from_checkpoint(path)
+    assert isinstance(loaded.loss, ArcFaceLoss) and loaded.loss.num_classes == 6
+    x = torch.randn(5, 64)
+    module.eval(), loaded.eval()
+    assert torch.equal(module(x), loaded(x))
+    assert loaded.best_val_metrics == module.best_val_metrics
+
+
+def test_a_checkpoint_of_another_model_fails_naming_both(tmp_path):
+    module = EmbeddingModule(BACKBONE, LOSS, top_k=(1,))
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=_digits())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(ValueError, match=r"num_classes=6.*this module.*num_classes=10.*\(6, 16\)"):
+        EmbeddingModule.load_from_checkpoint(path, loss={**LOSS, "num_classes": 10})
+    with pytest.raises(ValueError, match=r"hidden=\[32\].*this module.*hidden=\[64\]"):
+        EmbeddingModule.load_from_checkpoint(path, backbone={**BACKBONE, "hidden": [64]})
+
+
+def test_a_module_built_from_objects_says_how_to_load_it(tmp_path):
+    module = EmbeddingModule(MLP(64, (32,), 16), SoftmaxLoss(16, 6), top_k=(1,))
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=_digits())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(TypeError, match="pass `backbone=` and `loss=`"):
+        EmbeddingModule.load_from_checkpoint(path)
+    loaded = EmbeddingModule.load_from_checkpoint(
+        path, backbone=MLP(64, (32,), 16), loss=SoftmaxLoss(16, 6)
+    )
+    torch.testing.assert_close(loaded.loss.weight, module.loss.weight)
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_last_finite_loss():
+    class BreaksAtStep3(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, embeddings, labels):
+            self.calls += 1
+            loss = embeddings.pow(2).mean()
+            return loss * float("nan") if self.calls == 4 else loss
+
+    module = EmbeddingModule(MLP(64, (16,), 8), BreaksAtStep3(), verification=False)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 .*last finite loss was"):
+        _trainer(max_epochs=1, num_sanity_val_steps=0).fit(module, datamodule=_digits())
+
+
+def test_non_finite_loss_can_skip_the_batch():
+    class NanEveryOther(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, embeddings, labels):
+            self.calls += 1
+            loss = embeddings.pow(2).mean()
+            return loss * float("nan") if self.calls % 2 == 0 else loss
+
+    module = EmbeddingModule(
+        MLP(64, (16,), 8), NanEveryOther(), verification=False, on_nonfinite_loss="skip"
+    )
+    trainer = _trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="skipped a batch"):
+        trainer.fit(module, datamodule=_digits())
+    assert trainer.callback_metrics["train/skipped_batches"] == 3  # batches 2, 4 and 6
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_a_loss_s_last_logs_are_logged_under_train():
+    class WithLogs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_logs: dict[str, float] = {}
+
+        def forward(self, embeddings, labels):
+            self.last_logs = {"mean_norm": float(embeddings.detach().norm(dim=1).mean())}
+            return embeddings.pow(2).mean()
+
+    module = EmbeddingModule(MLP(64, (16,), 8), WithLogs(), verification=False)
+    trainer = _trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=_digits())
+    assert "train/mean_norm" in trainer.callback_metrics
 
 
 def test_any_head_with_the_forward_contract_works():
@@ -86,8 +224,21 @@ def test_any_head_with_the_forward_contract_works():
             return (embeddings - self.centers[labels]).pow(2).sum(1).mean()
 
     module = EmbeddingModule(MLP(64, (16,), 8), Center(), top_k=(1,))
-    _trainer(max_epochs=1, limit_train_batches=3).fit(module, datamodule=DigitsDataModule())
+    _trainer(max_epochs=1, limit_train_batches=3).fit(module, datamodule=_digits())
     assert "val/precision@1" in module.best_val_metrics
+
+
+def test_verification_true_without_a_pair_list_is_an_error():
+    class NoPairs(DigitsDataModule):
+        def verification_pairs(self, stage):
+            return None
+
+    module = EmbeddingModule(MLP(64, (16,), 8), SoftmaxLoss(8, 6), verification=True)
+    with pytest.raises(ValueError, match="has no verification pair list"):
+        _trainer().test(module, datamodule=NoPairs(), verbose=False)
+    module = EmbeddingModule(MLP(64, (16,), 8), SoftmaxLoss(8, 6), verification=None)
+    _trainer().test(module, datamodule=NoPairs(), verbose=False)
+    assert "test/auc" not in module.test_metrics and "test/map@r" in module.test_metrics
 
 
 def test_metric_names_and_modes():
@@ -105,10 +256,17 @@ def test_metric_names_and_modes():
     "kwargs,error,match",
     [
         ({"monitor": "val/precision@7"}, ValueError, "`monitor` must be one of"),
-        ({"backbone": "mlp"}, TypeError, "`backbone` must be an nn.Module"),
-        ({"loss": None}, TypeError, "`loss` must be an nn.Module"),
+        ({"backbone": "mlp"}, TypeError, "`backbone` must be an nn.Module or a `_target_`"),
+        ({"loss": None}, TypeError, "`loss` is None"),
+        ({"loss": {"s": 1.0}}, TypeError, "`loss` config must have a `_target_`"),
+        (
+            {"loss": {**LOSS, "m": -0.5}},
+            ValueError,
+            r"`loss` \(marginkit.losses.ArcFaceLoss\): `m` must be in",
+        ),
         ({"top_k": (1.5,)}, ValueError, "`top_k` must hold positive ints"),
         ({"far_targets": (2.0,)}, ValueError, r"`far_targets` must hold rates in \(0, 1\]"),
+        ({"on_nonfinite_loss": "ignore"}, ValueError, "`on_nonfinite_loss` must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

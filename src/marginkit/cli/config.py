@@ -1,13 +1,16 @@
-"""Turning Hydra config nodes into objects, with one-line errors for config mistakes."""
+"""Turning Hydra config nodes into objects, with one-line errors for config mistakes.
+
+Light on purpose (no torch, no Lightning at import): ``train.py --help`` and a config error
+must answer before the training stack loads.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from marginkit.models.embedding_module import metric_mode
+from marginkit.models.metric_direction import metric_mode
 
 
 class ConfigError(ValueError):
@@ -28,12 +31,20 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """Instantiate ``cfg[key]`` (``None`` for a missing or empty node).
 
     Any error raised while building it, or by the constructor's own validation, becomes a
     :class:`ConfigError` whose message names ``key``, the target class and the cause.
     """
+    import hydra
+
     node = cfg.get(key)
     if node is None or (isinstance(node, DictConfig) and len(node) == 0):
         return None
@@ -41,17 +52,16 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except Exception as error:
-        cause = _root_cause(error)
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"`{key}` ({target}): {message}") from error
+        raise ConfigError(f"`{key}` ({target}): {first_line(_root_cause(error))}") from error
 
 
 def instantiate_collection(cfg: DictConfig, key: str) -> list[Any]:
-    """Instantiate every entry of a dict-of-configs group (callbacks, loggers)."""
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); nulls skipped."""
     node = cfg.get(key)
     if not node:
         return []
-    return [instantiate_node(node, name) for name in node]
+    built = [instantiate_node(node, name) for name in node if node.get(name) is not None]
+    return [item for item in built if item is not None]
 
 
 def check_missing(cfg: DictConfig, allowed_missing: set[str]) -> None:

@@ -1,6 +1,32 @@
-"""DataModules, samplers and pair-file readers."""
+"""DataModules, samplers and pair-file readers.
 
+Every datamodule keeps the contract of :class:`EmbeddingDataModule`: training classes known after
+``setup("fit")``, evaluation batches with item indices, verification pair lists and the raw-input
+baseline.
+"""
+
+from marginkit.data.base import EmbeddingDataModule
 from marginkit.data.digits import DigitsDataModule
-from marginkit.data.pairs import read_pairs
+from marginkit.data.image_folder import ImageFolderDataModule
+from marginkit.data.pairs import (
+    Pair,
+    VerificationPairs,
+    pair_file_folds,
+    read_pairs,
+    sample_pairs,
+)
+from marginkit.data.samplers import BalancedBatchSampler
+from marginkit.data.synthetic import SyntheticDataModule
 
-__all__ = ["DigitsDataModule", "read_pairs"]
+__all__ = [
+    "BalancedBatchSampler",
+    "DigitsDataModule",
+    "EmbeddingDataModule",
+    "ImageFolderDataModule",
+    "Pair",
+    "SyntheticDataModule",
+    "VerificationPairs",
+    "pair_file_folds",
+    "read_pairs",
+    "sample_pairs",
+]

@@ -1,4 +1,10 @@
-"""Readers for verification pair lists: LFW ``pairs.txt`` and a simple CSV."""
+"""Verification pair lists: LFW ``pairs.txt`` / CSV readers and index pairs for evaluation.
+
+:func:`read_pairs` reads a pair file as path pairs; :class:`VerificationPairs` is what a
+datamodule hands to the evaluation loop: the pairs as indices into one evaluation split, with the
+number of folds of the accuracy protocol; :func:`sample_pairs` draws a fixed, seeded, balanced
+pair list from a split's labels when there is no pair file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import csv
 import io
 from pathlib import Path
 from typing import NamedTuple
+
+import torch
+from torch import Tensor
 
 PAIR_FORMATS = ("lfw", "csv")
 _TRUE = ("1", "true")
@@ -164,3 +173,181 @@ def _parse_csv(text: str, path: Path) -> list[Pair]:
             raise _bad_line(path, number, line, "empty path")
         pairs.append(Pair(first, second, flag in _TRUE))
     return pairs
+
+
+def pair_file_folds(path: str | Path) -> int | None:
+    """The number of folds an LFW pair file announces in its header (``10  300`` → 10), or None.
+
+    None for a CSV file, an LFW file without a header or with a single-count header
+    (``pairsDevTrain.txt``: one fold).
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "pairs.txt")
+        ...     with open(path, "w") as file:
+        ...         _ = file.write("10\\t300\\nAbel_Pacheco\\t1\\t4\\n")
+        ...     pair_file_folds(path)
+        10
+    """
+    text = Path(path).read_text(encoding="utf-8-sig")
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    fields = first_line.split()
+    if len(fields) == 2 and all(field.isdigit() for field in fields):
+        return int(fields[0])
+    return None
+
+
+class VerificationPairs(NamedTuple):
+    """Verification pairs of one evaluation split, as indices into that split's dataset.
+
+    ``first[i]`` and ``second[i]`` are positions of items in the split (the ``indices`` of its
+    evaluation batches), ``issame[i]`` whether they share a label. The pairs are in protocol
+    order: the accuracy protocol cuts them into ``n_folds`` contiguous folds (as
+    :class:`~marginkit.metrics.VerificationMetrics` does with ``n_folds``), so the LFW folds of a
+    ``pairs.txt`` are kept.
+
+    Attributes:
+        first: (P,) int64 index of the first item of each pair.
+        second: (P,) int64 index of the second item.
+        issame: (P,) bool, True for a same-identity pair.
+        n_folds: folds of the accuracy protocol.
+
+    Example:
+        >>> pairs = VerificationPairs(
+        ...     torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([True, False]), 2
+        ... )
+        >>> len(pairs.issame), pairs.n_folds
+        (2, 2)
+    """
+
+    first: Tensor
+    second: Tensor
+    issame: Tensor
+    n_folds: int
+
+
+def sample_pairs(
+    labels: Tensor, n_folds: int = 10, pairs_per_fold: int = 100, seed: int = 0
+) -> VerificationPairs:
+    """Draw a fixed, balanced verification pair list from the labels of an evaluation split.
+
+    Each of the ``n_folds`` folds lists ``n`` same-label pairs then ``n`` different-label pairs
+    (the LFW layout), ``n = min(pairs_per_fold, S // n_folds, D // n_folds)`` where ``S`` and ``D``
+    are the numbers of distinct same- and different-label unordered pairs of the split. Same
+    pairs are drawn uniformly without replacement from all ``S`` same-label pairs, different pairs
+    uniformly without replacement from all ``D``; no unordered pair appears twice in the list.
+    Folds may share items (the split is not cut by identity). The result depends only on
+    ``labels``, ``n_folds``, ``pairs_per_fold`` and ``seed``, never on a batch size or order.
+
+    Args:
+        labels: (N,) integer labels of the split, in dataset order.
+        n_folds: folds of the accuracy protocol (>= 2).
+        pairs_per_fold: the most same (and different) pairs per fold.
+        seed: seed of the draw.
+
+    Returns:
+        The pairs as :class:`VerificationPairs` of indices into ``labels``.
+
+    Raises:
+        ValueError: ``labels`` not 1-D integers, ``n_folds < 2``, ``pairs_per_fold < 1``, or a
+            split too small for one same and one different pair per fold.
+
+    Example:
+        >>> pairs = sample_pairs(torch.tensor([0, 0, 0, 1, 1, 1]), n_folds=2, pairs_per_fold=2)
+        >>> pairs.issame.tolist()
+        [True, True, False, False, True, True, False, False]
+        >>> bool((pairs.first != pairs.second).all())
+        True
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"`labels` must be a 1-D integer tensor, got {labels.dtype} of shape "
+            f"{tuple(labels.shape)}"
+        )
+    for name, value, low in (("n_folds", n_folds, 2), ("pairs_per_fold", pairs_per_fold, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+    labels = labels.detach().cpu().long()
+    n_items = len(labels)
+    _, class_of, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    n_same_total = int((counts * (counts - 1) // 2).sum())
+    n_diff_total = n_items * (n_items - 1) // 2 - n_same_total
+    per_fold = min(pairs_per_fold, n_same_total // n_folds, n_diff_total // n_folds)
+    if per_fold < 1:
+        raise ValueError(
+            f"a split of {n_items} items in {len(counts)} classes has {n_same_total} same-label "
+            f"and {n_diff_total} different-label pairs: too few for `n_folds`={n_folds} folds "
+            "of at least one pair of each kind"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    total = per_fold * n_folds
+    same = _draw_same_pairs(class_of, counts, total, n_same_total, generator)
+    diff = _draw_different_pairs(class_of, total, n_diff_total, generator)
+    # Fold f: its `per_fold` same pairs, then its `per_fold` different pairs.
+    both = torch.stack([same.view(n_folds, per_fold, 2), diff.view(n_folds, per_fold, 2)], 1)
+    both = both.reshape(-1, 2)
+    issame = torch.tensor([True] * per_fold + [False] * per_fold).repeat(n_folds)
+    return VerificationPairs(both[:, 0].clone(), both[:, 1].clone(), issame, n_folds)
+
+
+def _unique_rows(candidates: Tensor, seen: set[tuple[int, int]], wanted: int) -> list[tuple]:
+    """New unordered pairs of ``candidates`` (in order) until ``wanted``; updates ``seen``."""
+    kept = []
+    for first, second in candidates.tolist():
+        key = (min(first, second), max(first, second))
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append((first, second))
+        if len(kept) == wanted:
+            break
+    return kept
+
+
+def _draw_same_pairs(
+    class_of: Tensor, counts: Tensor, total: int, n_available: int, generator: torch.Generator
+) -> Tensor:
+    order = torch.argsort(class_of, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    if 2 * total > n_available:  # a large share of all pairs: enumerate them, then permute
+        rows = []
+        for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
+            if count > 1:
+                local = torch.triu_indices(count, count, offset=1)
+                rows.append(order[start + local].T)
+        every = torch.cat(rows)
+        return every[torch.randperm(len(every), generator=generator)[:total]]
+    weights = (counts * (counts - 1) // 2).double()  # class drawn ∝ its number of pairs
+    seen: set[tuple[int, int]] = set()
+    kept: list[tuple] = []
+    while len(kept) < total:
+        draw = 2 * (total - len(kept)) + 16
+        cls = torch.multinomial(weights, draw, replacement=True, generator=generator)
+        size = counts[cls]
+        first = (torch.rand(draw, generator=generator, dtype=torch.float64) * size).long()
+        second = (torch.rand(draw, generator=generator, dtype=torch.float64) * (size - 1)).long()
+        second += (second >= first).long()  # two distinct items of the class, uniformly
+        candidates = torch.stack([order[starts[cls] + first], order[starts[cls] + second]], 1)
+        kept += _unique_rows(candidates, seen, total - len(kept))
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def _draw_different_pairs(
+    class_of: Tensor, total: int, n_available: int, generator: torch.Generator
+) -> Tensor:
+    n_items = len(class_of)
+    if 2 * total > n_available:
+        first, second = torch.triu_indices(n_items, n_items, offset=1)
+        every = torch.stack([first, second], 1)[class_of[first] != class_of[second]]
+        return every[torch.randperm(len(every), generator=generator)[:total]]
+    seen: set[tuple[int, int]] = set()
+    kept: list[tuple] = []
+    while len(kept) < total:
+        draw = 2 * (total - len(kept)) + 16
+        candidates = torch.randint(n_items, (draw, 2), generator=generator)
+        candidates = candidates[class_of[candidates[:, 0]] != class_of[candidates[:, 1]]]
+        kept += _unique_rows(candidates, seen, total - len(kept))
+    return torch.tensor(kept, dtype=torch.long)

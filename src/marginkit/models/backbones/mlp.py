@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+
+from marginkit.models.backbones._pretrained import load_pretrained
 
 
 class MLP(nn.Module):
@@ -20,6 +23,7 @@ class MLP(nn.Module):
         hidden: sizes of the hidden layers.
         embedding_dim: output dimension; heads read it as their ``in_features``.
         dropout: dropout probability after each hidden layer.
+        pretrained: a local file with this module's weights (``torch.load(weights_only=True)``).
 
     Example:
         >>> import torch
@@ -33,6 +37,7 @@ class MLP(nn.Module):
         hidden: Sequence[int] = (256,),
         embedding_dim: int = 64,
         dropout: float = 0.0,
+        pretrained: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         sizes = [in_features, *hidden]
@@ -52,6 +57,8 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.in_features = in_features
         self.embedding_dim = embedding_dim
+        if pretrained is not None:
+            load_pretrained(self, pretrained)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return (N, embedding_dim) embeddings of (N, in_features) inputs."""

@@ -1,0 +1,598 @@
+"""Folders of images, one sub-folder per identity or class, and verification pair files over them."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from marginkit._validation import check_option
+from marginkit.data.base import (
+    EVAL_STAGES,
+    EmbeddingDataModule,
+    _base_arguments,
+    _check_int,
+    fits_baseline_budget,
+)
+from marginkit.data.pairs import (
+    PAIR_FORMATS,
+    VerificationPairs,
+    pair_file_folds,
+    read_pairs,
+    sample_pairs,
+)
+from marginkit.data.transforms import image_transform, to_tensor
+
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+# What a file that does not decode raises in Pillow (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    return (*_DECODE_ERRORS, Image.DecompressionBombError)
+
+
+def scan_image_folder(
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> dict[str, list[str]]:
+    """The images of each class folder of ``root``: ``{class name: [paths, sorted]}``.
+
+    Every direct sub-folder of ``root`` is a class (sorted by name); its images are the files
+    below it (recursively, symbolic links followed) whose suffix is in ``extensions`` (any
+    case). Hidden files and folders (``.name``) are skipped; classes without an image are left
+    out.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: ``root`` holds no class folder with an image.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for name in ("b/1.png", "a/x/2.png", "a/3.txt"):
+        ...         Path(root, name).parent.mkdir(parents=True, exist_ok=True)
+        ...         Image.new("L", (2, 2)).save(Path(root, name)) if name.endswith("png") else None
+        ...     classes = scan_image_folder(root)
+        ...     {name: [Path(p).name for p in paths] for name, paths in classes.items()}
+        {'a': ['2.png'], 'b': ['1.png']}
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    suffixes = tuple(ext.lower() for ext in extensions)
+    classes: dict[str, list[str]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        paths = []
+        for folder, subfolders, files in os.walk(entry.path, followlinks=True):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            paths += [
+                os.path.join(folder, name)
+                for name in sorted(files)
+                if not name.startswith(".") and name.lower().endswith(suffixes)
+            ]
+        if paths:
+            classes[entry.name] = paths
+    if not classes:
+        raise ValueError(
+            f"image folder {str(root)!r} holds no class sub-folder with images "
+            f"(suffixes {list(suffixes)})"
+        )
+    return classes
+
+
+def is_readable_image(path: str) -> bool:
+    """Whether Pillow can open and fully decode the image at ``path``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except _decode_errors():
+        return False
+    return True
+
+
+class ImageFileDataset(Dataset):
+    """Images read from files with Pillow; an unreadable file yields ``None``, never an error.
+
+    Item ``i`` is ``(transform(image), label)`` (``+ (index,)`` with ``with_index``), the image
+    converted to ``RGB`` (or ``L`` with ``grayscale``) and to a (C, H, W) float tensor in [0, 1]
+    before ``transform``. A file that fails to decode gives ``None`` and is recorded in a
+    shared-memory flag tensor (so DataLoader workers report to the main process); pair the dataset
+    with :func:`collate_readable` to drop those items from the batch, and call
+    :meth:`warn_unreadable` (the image datamodule's loaders do it at the end of every pass) for one
+    warning that counts them.
+
+    Args:
+        paths: image files.
+        labels: (N,) int64 label of each file.
+        transform: applied to the (C, H, W) tensor.
+        grayscale: decode to one channel instead of three.
+        with_index: also return the item's index (evaluation splits).
+        name: the split's name, for the warning.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Tensor,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        grayscale: bool = False,
+        with_index: bool = False,
+        name: str = "images",
+    ) -> None:
+        self.paths = list(paths)
+        self.labels = labels
+        self.transform = transform
+        self.mode = "L" if grayscale else "RGB"
+        self.with_index = with_index
+        self.name = name
+        self.unreadable = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+        self._n_reported = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Tensor | None:
+        """The decoded, transformed image ``index``, or None if its file does not decode."""
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as image:
+                pixels = to_tensor(image.convert(self.mode))
+        except _decode_errors():
+            self.unreadable[index] = True
+            return None
+        return pixels if self.transform is None else self.transform(pixels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...] | None:
+        pixels = self.load(index)
+        if pixels is None:
+            return None
+        if self.with_index:
+            return pixels, self.labels[index], torch.tensor(index)
+        return pixels, self.labels[index]
+
+    def warn_unreadable(self) -> int:
+        """Warn once about the files found unreadable since the last warning; return their count."""
+        n_unreadable = int(self.unreadable.sum())
+        if n_unreadable > self._n_reported:
+            self._n_reported = n_unreadable
+            first = [self.paths[i] for i in self.unreadable.nonzero()[:3, 0].tolist()]
+            warnings.warn(
+                f"skipped {n_unreadable} unreadable image(s) of the {self.name} split "
+                f"(e.g. {first}); they are left out of every batch. "
+                "`verify_images=true` drops them when the split is built.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return n_unreadable
+
+
+def collate_readable(batch: list[Any]) -> Any:
+    """PyTorch's default collate of the items that are not None; None if none is left."""
+    items = [item for item in batch if item is not None]
+    return default_collate(items) if items else None
+
+
+class _ReportingLoader(DataLoader):
+    """A DataLoader that warns about unreadable images when a pass delivers its last batch.
+
+    Batches arrive in order, so by the last one every item of the pass has been read (by any
+    worker). The check runs before the last batch is handed out because Lightning stops asking
+    after ``len(loader)`` batches (the iterator is never exhausted).
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        n_batches = len(self)
+        warn = getattr(self.dataset, "warn_unreadable", lambda: 0)
+        for number, batch in enumerate(super().__iter__(), start=1):
+            if number == n_batches:
+                warn()
+            yield batch
+        warn()
+
+
+def _seq(name: str, value: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"`{name}` must be a list, got {type(value).__name__}")
+    return tuple(value)
+
+
+class ImageFolderDataModule(EmbeddingDataModule):
+    """Train on a folder of class sub-folders, evaluate on unseen classes or on a pair file.
+
+    The layout of CASIA-WebFace, CUB-200 or Stanford Online Products: ``root/<class>/<image>``
+    (images found recursively inside each class folder, decoded with Pillow). Where each split
+    comes from:
+
+    - **train**: ``train_root``, or ``root`` without the classes held out for val/test.
+    - **val** / **test**: a pair file (``val_pairs`` / ``test_pairs``, LFW ``pairs.txt`` or CSV
+      read by :func:`~marginkit.data.read_pairs`, paths relative to ``val_root``/``test_root``,
+      else ``root``); else a separate folder ``val_root`` / ``test_root``; else a seeded
+      ``val_ratio`` / ``test_ratio`` fraction of ``root``'s classes (at least one class each),
+      disjoint from the training classes and from each other (open-set evaluation).
+
+    Labels: training classes are numbered ``0..num_classes-1`` by sorted folder name
+    (:attr:`num_classes` is known after ``setup("fit")``); evaluation labels number the split's
+    own classes (the parent folder of each image of a pair file). A pair-file split holds the
+    images the file names, in order of first appearance; its :meth:`verification_pairs` are the
+    file's pairs in file order, cut into ``n_folds`` folds (default: the LFW header's count,
+    else 10). Other evaluation splits get a seeded balanced pair list
+    (:func:`~marginkit.data.sample_pairs`, None with a warning when the split is too small).
+
+    Transforms (:meth:`transform`): training resizes to ``image_size``, random-crops
+    ``crop_size``, flips horizontally and normalises; evaluation resizes, centre-crops and
+    normalises (insightface's recipe on aligned 112×112 faces: no crop, flip, mean = std = 0.5).
+    Override :meth:`transform` in a subclass for another pipeline (e.g. ``torchvision``'s).
+
+    Unreadable images never stop an epoch: by default a file that fails to decode is dropped
+    from its batch, and one ``RuntimeWarning`` counts them at the end of the pass (a batch whose
+    items all fail is ``None``). With ``verify_images=true`` every image is decoded once when
+    its split is built (threads) and the unreadable ones are removed from the split, with one
+    warning counting them (and the pairs that named them); evaluation splits then keep every
+    index they list.
+
+    The raw-input baseline (:meth:`baseline_features`) is the evaluation transform's output
+    average-pooled to ``baseline_size`` × ``baseline_size`` and flattened (one extra pass over
+    the split; rows of unreadable images are NaN); None when ``baseline_size`` is None or the
+    features would pass 1 GiB.
+
+    Args:
+        root: folder of class sub-folders, split by class into train/val/test.
+        train_root: separate training folder (instead of ``root``'s remaining classes).
+        val_root: separate validation folder, or the root of ``val_pairs``' paths.
+        test_root: separate test folder, or the root of ``test_pairs``' paths.
+        val_pairs: a pair file for validation.
+        test_pairs: a pair file for test (e.g. LFW's ``pairs.txt``).
+        pairs_format: ``"lfw"``, ``"csv"`` or None (guessed, see ``read_pairs``).
+        val_ratio: fraction of ``root``'s classes for validation, in [0, 1).
+        test_ratio: fraction of ``root``'s classes for test, in [0, 1).
+        min_images_per_class: classes of a folder with fewer images are left out.
+        image_size: (height, width) the images are resized to, or None to keep their size.
+        crop_size: (height, width) of the random (train) / centre (eval) crop, or None.
+        horizontal_flip: random horizontal flips in training.
+        mean: per-channel mean of the normalisation (pixels in [0, 1]).
+        std: per-channel standard deviation of the normalisation.
+        grayscale: decode to one channel.
+        extensions: image file suffixes (default: common Pillow formats).
+        verify_images: decode every image when a split is built and drop unreadable ones.
+        baseline_size: side of the pooled images of the raw-input baseline, or None.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        num_workers: DataLoader worker processes decoding images.
+        pin_memory: pin batches in page-locked memory.
+        persistent_workers: keep workers alive between epochs (with ``num_workers > 0``).
+        n_instances: K images per class in each training batch (P×K batches), or None.
+        n_folds: folds of the accuracy protocol (None: a pair file's LFW header, else 10).
+        pairs_per_fold: the most same (and different) pairs per fold of the seeded pair lists.
+        seed: seed of the class split, the P×K sampler and the seeded pair lists.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for c in range(6):
+        ...         Path(root, f"id{c}").mkdir()
+        ...         for i in range(3):
+        ...             Image.new("RGB", (20, 20), (40 * c, i, 0)).save(Path(root, f"id{c}", f"{i}.png"))
+        ...     dm = ImageFolderDataModule(root, val_ratio=0.2, test_ratio=0.2, image_size=(16, 16),
+        ...                                batch_size=4, num_workers=0, pairs_per_fold=1, n_folds=2)
+        ...     dm.setup("fit")
+        ...     x, y = next(iter(dm.train_dataloader()))
+        ...     x, y, index = next(iter(dm.val_dataloader()))
+        >>> dm.num_classes, tuple(x.shape), index.tolist()
+        (4, (3, 3, 16, 16), [0, 1, 2])
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_root: str | None = None,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        val_pairs: str | None = None,
+        test_pairs: str | None = None,
+        pairs_format: str | None = None,
+        val_ratio: float = 0.1,
+        test_ratio: float = 0.1,
+        min_images_per_class: int = 1,
+        image_size: Sequence[int] | None = (112, 112),
+        crop_size: Sequence[int] | None = None,
+        horizontal_flip: bool = True,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        grayscale: bool = False,
+        extensions: Sequence[str] | None = None,
+        verify_images: bool = False,
+        baseline_size: int | None = 16,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        n_instances: int | None = None,
+        n_folds: int | None = None,
+        pairs_per_fold: int = 300,
+        seed: int = 0,
+    ) -> None:
+        # n_folds=None: a pair file's LFW header decides; the seeded pair lists use 10 folds.
+        super().__init__(**_base_arguments(locals(), n_folds=10 if n_folds is None else n_folds))
+        self.roots = {"train": train_root, "val": val_root, "test": test_root}
+        self.root = root
+        self.pair_files = {"val": val_pairs, "test": test_pairs}
+        for name, value in (
+            ("root", root),
+            ("train_root", train_root),
+            ("val_root", val_root),
+            ("test_root", test_root),
+            ("val_pairs", val_pairs),
+            ("test_pairs", test_pairs),
+        ):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"`{name}` must be a path or None, got {type(value).__name__}")
+        if root is None and all(path is None for path in self.roots.values()):
+            raise ValueError(
+                "give `root` (a folder of class sub-folders) or `train_root`/`val_root`/`test_root`"
+            )
+        check_option("pairs_format", pairs_format, (*PAIR_FORMATS, None))
+        self.pairs_format = pairs_format
+        self.ratios = {}
+        for name, value in (("val_ratio", val_ratio), ("test_ratio", test_ratio)):
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
+            self.ratios[name[: -len("_ratio")]] = float(value)
+        if val_ratio + test_ratio >= 1.0:
+            raise ValueError(
+                f"`val_ratio` + `test_ratio` must be < 1 (classes are left to train), got "
+                f"{val_ratio} + {test_ratio}"
+            )
+        self.min_images_per_class = _check_int("min_images_per_class", min_images_per_class, 1)
+        self.image_size = _seq("image_size", image_size)
+        self.crop_size = _seq("crop_size", crop_size)
+        self.horizontal_flip = bool(horizontal_flip)
+        self.mean, self.std = _seq("mean", mean), _seq("std", std)
+        self.grayscale = bool(grayscale)
+        channels = 1 if grayscale else 3
+        if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):  # type: ignore[arg-type]
+            raise ValueError(
+                f"`mean` and `std` must have 1 or {channels} values (one per channel), got "
+                f"{list(mean)} and {list(std)}"
+            )
+        self.extensions = _seq("extensions", extensions) or IMAGE_EXTENSIONS
+        self.verify_images = bool(verify_images)
+        if baseline_size is not None:
+            _check_int("baseline_size", baseline_size, 1)
+        self.baseline_size = baseline_size
+        self.fold_count = None if n_folds is None else self.n_folds
+        self.transform(train=True), self.transform(train=False)  # validate the sizes now
+        self._class_names: dict[str, list[str]] = {}
+        self._scans: dict[str, dict[str, list[str]]] = {}
+
+    collate_fn = staticmethod(collate_readable)
+
+    # ------------------------------------------------------------------------------ sources
+    def transform(self, train: bool) -> Callable[[Tensor], Tensor]:
+        """The transform of training (``train=True``) or evaluation images (see the class doc)."""
+        return image_transform(
+            self.image_size,
+            self.crop_size,
+            self.horizontal_flip,
+            self.mean,
+            self.std,
+            train,  # type: ignore[arg-type]
+        )
+
+    def _scan(self, root: str) -> dict[str, list[str]]:
+        if root not in self._scans:
+            classes = scan_image_folder(root, self.extensions)
+            kept = {
+                name: paths
+                for name, paths in classes.items()
+                if len(paths) >= self.min_images_per_class
+            }
+            if not kept:
+                raise ValueError(
+                    f"no class of {root!r} has `min_images_per_class` "
+                    f"({self.min_images_per_class}) images"
+                )
+            self._scans[root] = kept
+        return self._scans[root]
+
+    def _source(self, split: str) -> str:
+        if split != "train" and self.pair_files[split] is not None:
+            return "pairs"
+        if self.roots[split] is not None:
+            return "root"
+        return "ratio"
+
+    def _ratio_split(self) -> dict[str, list[str]]:
+        """The class names of each split carved out of ``root`` (seeded, disjoint)."""
+        if self.root is None:
+            raise ValueError("`root` is required: a split has no `*_root` or `*_pairs` of its own")
+        names = list(self._scan(self.root))
+        order = torch.randperm(len(names), generator=torch.Generator().manual_seed(self.seed))
+        shuffled = [names[i] for i in order.tolist()]
+        split: dict[str, list[str]] = {}
+        start = 0
+        for stage in EVAL_STAGES:
+            if self._source(stage) == "ratio":
+                count = max(1, round(self.ratios[stage] * len(names)))
+                if self.ratios[stage] == 0.0:
+                    raise ValueError(
+                        f"the {stage} split needs `{stage}_ratio` > 0, `{stage}_root` or "
+                        f"`{stage}_pairs`"
+                    )
+                split[stage] = sorted(shuffled[start : start + count])
+                start += count
+        split["train"] = sorted(shuffled[start:])
+        if self._source("train") == "ratio" and not split["train"]:
+            raise ValueError(
+                f"`root` has {len(names)} classes: none is left for training after the "
+                f"held-out ones; lower `val_ratio`/`test_ratio`"
+            )
+        return split
+
+    def _folder_split(self, split: str) -> tuple[list[str], list[str], list[int]]:
+        """(class names, image paths, labels) of a split made of class folders."""
+        if self._source(split) == "root":
+            classes = self._scan(self.roots[split])  # type: ignore[arg-type]
+            names = list(classes)
+        else:
+            classes = self._scan(self.root)  # type: ignore[arg-type]
+            names = self._ratio_split()[split]
+        paths, labels = [], []
+        for label, name in enumerate(names):
+            paths += classes[name]
+            labels += [label] * len(classes[name])
+        return names, paths, labels
+
+    def _pair_split(self, split: str) -> tuple[list[str], list[str], list[int], list[Any]]:
+        pair_file = self.pair_files[split]
+        root = self.roots[split] or self.root
+        if root is None:
+            raise ValueError(
+                f"`{split}_pairs` needs `{split}_root` (or `root`): its images' folder"
+            )
+        pairs = read_pairs(pair_file, self.pairs_format)  # type: ignore[arg-type]
+        relative: dict[str, int] = {}
+        for pair in pairs:
+            for path in (pair.first, pair.second):
+                relative.setdefault(path, len(relative))
+        paths = [os.path.join(root, path) for path in relative]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) named by `{split}_pairs` {str(pair_file)!r} are not in "
+                f"{str(root)!r}, e.g. {missing[:3]}"
+            )
+        parents = [os.path.dirname(path) or path for path in relative]
+        names = sorted(set(parents))
+        label_of = {name: label for label, name in enumerate(names)}
+        index_pairs = [(relative[p.first], relative[p.second], p.issame) for p in pairs]
+        return names, paths, [label_of[parent] for parent in parents], index_pairs
+
+    # ------------------------------------------------------------------------------- splits
+    def _build(self, stage: str) -> None:
+        index_pairs = None
+        if self._source(stage) == "pairs":
+            names, paths, labels, index_pairs = self._pair_split(stage)
+        else:
+            names, paths, labels = self._folder_split(stage)
+        if self.verify_images:
+            paths, labels, index_pairs = self._drop_unreadable(stage, paths, labels, index_pairs)
+        label_tensor = torch.tensor(labels, dtype=torch.long)
+        if stage == "train":
+            if self.n_instances is not None and len(names) < self.batch_size // self.n_instances:
+                raise ValueError(
+                    f"P×K batches need `batch_size // n_instances` = "
+                    f"{self.batch_size // self.n_instances} classes, the training split has "
+                    f"{len(names)}"
+                )
+            self._train_labels = label_tensor
+            self._num_classes = len(names)
+        self._class_names[stage] = names
+        self.datasets[stage] = ImageFileDataset(
+            paths,
+            label_tensor,
+            self.transform(train=stage == "train"),
+            grayscale=self.grayscale,
+            with_index=stage != "train",
+            name=stage,
+        )
+        if index_pairs is not None:
+            self._pairs[stage] = self._pairs_from_file(stage, index_pairs)
+
+    def _drop_unreadable(
+        self, stage: str, paths: list[str], labels: list[int], index_pairs: list[Any] | None
+    ) -> tuple[list[str], list[int], list[Any] | None]:
+        with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
+            readable = list(pool.map(is_readable_image, paths))
+        if all(readable):
+            return paths, labels, index_pairs
+        new_index = {}
+        for old, ok in enumerate(readable):
+            if ok:
+                new_index[old] = len(new_index)
+        bad = [path for path, ok in zip(paths, readable, strict=True) if not ok]
+        message = f"dropped {len(bad)} unreadable image(s) of the {stage} split (e.g. {bad[:3]})"
+        if index_pairs is not None:
+            kept = [
+                (new_index[a], new_index[b], same)
+                for a, b, same in index_pairs
+                if a in new_index and b in new_index
+            ]
+            message += f" and the {len(index_pairs) - len(kept)} pair(s) that name them"
+            index_pairs = kept
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        keep = list(new_index)
+        return [paths[i] for i in keep], [labels[i] for i in keep], index_pairs
+
+    def _pairs_from_file(self, stage: str, index_pairs: list[Any]) -> VerificationPairs | None:
+        if not index_pairs:
+            return None
+        n_folds = self.fold_count or pair_file_folds(self.pair_files[stage]) or 10  # type: ignore[arg-type]
+        first, second, issame = zip(*index_pairs, strict=True)
+        return VerificationPairs(
+            torch.tensor(first, dtype=torch.long),
+            torch.tensor(second, dtype=torch.long),
+            torch.tensor(issame, dtype=torch.bool),
+            max(2, n_folds),
+        )
+
+    def _seeded_pairs(self, stage: str) -> VerificationPairs | None:
+        try:
+            return sample_pairs(self.labels(stage), self.n_folds, self.pairs_per_fold, self.seed)
+        except ValueError as error:
+            warnings.warn(f"no verification pairs for the {stage} split: {error}", stacklevel=3)
+            return None
+
+    def _make_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        return _ReportingLoader(dataset, **kwargs, **self._loader_kwargs())
+
+    # ----------------------------------------------------------------------------- accessors
+    def labels(self, stage: str) -> Tensor:
+        """The (N,) int64 labels of split ``stage`` (``"train"``, ``"val"``, ``"test"``)."""
+        return self._dataset(stage).labels  # type: ignore[attr-defined]
+
+    def paths(self, stage: str) -> list[str]:
+        """The image files of split ``stage``, in dataset order (what ``embed.py`` writes)."""
+        return list(self._dataset(stage).paths)  # type: ignore[attr-defined]
+
+    def class_names(self, stage: str) -> list[str]:
+        """The class (folder) name of each label of split ``stage``."""
+        self._dataset(stage)
+        return list(self._class_names[stage])
+
+    def _raw_features(self, stage: str) -> Tensor | None:
+        if self.baseline_size is None:
+            return None
+        dataset = self._dataset(stage)
+        channels = 1 if self.grayscale else 3
+        n_features = channels * self.baseline_size**2
+        if not fits_baseline_budget(len(dataset), n_features):  # type: ignore[arg-type]
+            return None
+        features = torch.full((len(dataset), n_features), float("nan"))  # type: ignore[arg-type]
+        loader = self.val_dataloader() if stage == "val" else self.test_dataloader()
+        for batch in loader:
+            if batch is None:
+                continue
+            inputs, _, indices = batch
+            pooled = F.adaptive_avg_pool2d(inputs.float(), self.baseline_size)
+            features[indices] = pooled.flatten(1)
+        return features
