@@ -12,6 +12,7 @@ from marginkit.distributed.gather import (
     all_gather_with_grad,
     all_gather_without_grad,
     all_reduce_sum_replicated,
+    gather_batch,
     gather_row_counts,
     world_and_rank,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "all_gather_with_grad",
     "all_gather_without_grad",
     "all_reduce_sum_replicated",
+    "gather_batch",
     "gather_row_counts",
     "shard_range",
     "shard_sizes",

@@ -155,3 +155,28 @@ def all_reduce_sum_replicated(tensor: Tensor, group: dist.ProcessGroup | None = 
     if world == 1:
         return tensor
     return _AllReduceSumReplicated.apply(tensor, group)
+
+
+def gather_batch(
+    features: Tensor, labels: Tensor, group: dist.ProcessGroup | None = None
+) -> tuple[Tensor, Tensor]:
+    """The global batch of every rank's ``(features, labels)``, gradient to the local features.
+
+    What pair losses with ``gather_embeddings=True`` use so that miners see every rank's items:
+    every rank computes the same loss on the global batch, and DDP's averaging of the
+    all-reduced gradient gives the gradient of that loss (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> features, labels = gather_batch(torch.ones(2, 3), torch.tensor([0, 1]))
+        >>> features.shape, labels.tolist()
+        (torch.Size([2, 3]), [0, 1])
+    """
+    world, _ = world_and_rank(group)
+    if world == 1:
+        return features, labels
+    sizes = gather_row_counts(features.shape[0], group, features.device)
+    return (
+        all_gather_with_grad(features, group, 1.0, sizes),
+        all_gather_without_grad(labels, group, sizes),
+    )

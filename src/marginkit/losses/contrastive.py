@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit._validation import REDUCTIONS, check_option
+from marginkit._validation import REDUCTIONS, check_bool, check_option
+from marginkit.distributed import gather_batch
 from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
 from marginkit.miners._inputs import (
     check_features_and_labels,
@@ -44,6 +45,8 @@ class ContrastiveLoss(nn.Module):
     Args:
         margin: :math:`m`, a finite number ``>= 0`` (distances of unit vectors are at most 2).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over pairs).
+        gather_embeddings: under DDP, compute the loss over every rank's batch (miners
+            see the global batch; the gradient flows back to each rank's own features).
 
     Attributes:
         last_logs: ``pos_dist`` / ``neg_dist`` (mean distance of same-label / other pairs,
@@ -62,8 +65,11 @@ class ContrastiveLoss(nn.Module):
     requires_balanced_batches = True
     min_instances_per_class = 2
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(
+        self, margin: float = 1.0, reduction: str = "mean", gather_embeddings: bool = False
+    ) -> None:
         super().__init__()
+        self.gather_embeddings = check_bool("gather_embeddings", gather_embeddings)
         self.margin = check_nonnegative("margin", margin)
         check_option("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
@@ -71,6 +77,8 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Return the contrastive loss over every pair of the batch ``features`` (B, D)."""
+        if self.gather_embeddings:
+            features, labels = gather_batch(features, labels)
         labels = check_features_and_labels(features, labels)
         if len(labels) < 2:
             raise ValueError(

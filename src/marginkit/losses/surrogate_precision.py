@@ -6,7 +6,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from marginkit._validation import REDUCTIONS, check_finite_number, check_option, check_positive_int
+from marginkit._validation import (
+    REDUCTIONS,
+    check_bool,
+    check_finite_number,
+    check_option,
+    check_positive_int,
+)
+from marginkit.distributed import gather_batch
 from marginkit.losses._all_triplets import DEFAULT_MEMORY_BUDGET
 from marginkit.losses._loss_utils import reduce_loss
 from marginkit.miners._inputs import check_features_and_labels, pair_masks, pairwise_distances
@@ -45,6 +52,8 @@ class SurrogatePrecision(nn.Module):
         temperature1: :math:`\tau_1 > 0`, of the sigmoid replacing "rank ≤ k".
         temperature2: :math:`\tau_2 > 0`, of the sigmoid replacing "closer than".
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over queries, of :math:`1 - P_q`).
+        gather_embeddings: under DDP, compute the loss over every rank's batch (miners
+            see the global batch; the gradient flows back to each rank's own features).
         memory_budget: bytes of work space per block of queries.
 
     Attributes:
@@ -69,8 +78,10 @@ class SurrogatePrecision(nn.Module):
         temperature2: float = 0.01,
         reduction: str = "mean",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        gather_embeddings: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_embeddings = check_bool("gather_embeddings", gather_embeddings)
         self.k = check_positive_int("k", k)
         self.temperature1 = check_finite_number("temperature1", temperature1, positive=True)
         self.temperature2 = check_finite_number("temperature2", temperature2, positive=True)
@@ -81,6 +92,8 @@ class SurrogatePrecision(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Return ``1 − P_q`` over the queries of the batch ``features`` (B, D), reduced."""
+        if self.gather_embeddings:
+            features, labels = gather_batch(features, labels)
         labels = check_features_and_labels(features, labels)
         batch = len(labels)
         if self.k > batch - 1:

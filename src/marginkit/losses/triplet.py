@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit._validation import REDUCTIONS, check_option, check_positive_int
+from marginkit._validation import REDUCTIONS, check_bool, check_option, check_positive_int
+from marginkit.distributed import gather_batch
 from marginkit.losses._all_triplets import DEFAULT_MEMORY_BUDGET, all_triplets_loss_sum
 from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
 from marginkit.miners import AllTripletsMiner, TripletMiner
@@ -174,6 +175,8 @@ class TripletLossWithMiner(nn.Module):
         margin: :math:`m`, a finite number ``>= 0``, or ``None`` for the soft triplet loss.
         miner: a :class:`~marginkit.miners.TripletMiner`; default ``AllTripletsMiner()``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over triplets).
+        gather_embeddings: under DDP, compute the loss over every rank's batch (miners
+            see the global batch; the gradient flows back to each rank's own features).
         squared: use squared Euclidean distances.
         memory_budget: bytes of work space per block of the all-triplets reduction.
 
@@ -201,9 +204,11 @@ class TripletLossWithMiner(nn.Module):
         reduction: str = "mean",
         squared: bool = False,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        gather_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.margin = _check_margin(margin)
+        self.gather_embeddings = check_bool("gather_embeddings", gather_embeddings)
         if miner is None:
             miner = AllTripletsMiner()
         if not callable(getattr(miner, "mine", None)):
@@ -220,6 +225,8 @@ class TripletLossWithMiner(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Return the triplet loss of the batch ``features`` (B, D) with class ``labels`` (B,)."""
+        if self.gather_embeddings:
+            features, labels = gather_batch(features, labels)
         labels = check_features_and_labels(features, labels)
         distances = pairwise_distances(features, squared=self.squared)
         positive, negative = pair_masks(labels)
