@@ -125,6 +125,25 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         raise ConfigError(f"`model` ({target}): {first_line(error)}") from error
 
 
+def _preflight_loss(cfg: DictConfig) -> None:
+    """Build the loss once with a stand-in class count, before the data and Lightning load.
+
+    A bad loss argument (``loss.m=-0.5``) then fails in about the time torch takes to import,
+    not after the training stack and the data are loaded.
+    """
+    if not cfg.get("loss") or ("parallel" in cfg.loss and cfg.loss.parallel == "model"):
+        return
+    probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    if "num_classes" in probe.loss.keys() and OmegaConf.is_missing(probe.loss, "num_classes"):
+        probe.loss.num_classes = 2
+    with open_dict(probe):
+        for key in LOSS_PARALLEL_KEYS:
+            probe.loss.pop(key, None)
+    if OmegaConf.missing_keys(probe.loss):  # e.g. nested heads: build() fills them in
+        return
+    instantiate_node(probe, "loss")
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the datamodule, the module (backbone + loss head) and the trainer.
 
@@ -257,6 +276,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # What needs no torch first: these mistakes answer before the training stack loads.
     check_missing(cfg, allowed_missing={"loss.num_classes"})
     ckpt_path = resolve_checkpoint(cfg)
+    # A bad loss argument answers once torch is imported, before Lightning and the data load.
+    _preflight_loss(cfg)
     import lightning as L
     import torch
 
