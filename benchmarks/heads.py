@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,11 @@ def build_head(name: str, classes: int, features: int) -> torch.nn.Module:
             node[key] = features
     if "num_classes" in raw:  # `in node` is False while the value is ??? (missing)
         node.num_classes = classes
+    for key in ("parallel", "sample_rate"):  # read by the CLI, not by the head
+        node.pop(key, None)
+    target = hydra.utils.get_class(node._target_)
+    if "memory_efficient" in inspect.signature(target).parameters:
+        node.memory_efficient = False  # the cosine path: "ours" vs composed on the same cosines
     return hydra.utils.instantiate(node, _convert_="all")
 
 
