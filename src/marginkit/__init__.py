@@ -17,9 +17,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["EmbeddingModule", "__version__", "data", "losses", "metrics", "models", "ops"]
+__all__ = [
+    "EmbeddingModule",
+    "__version__",
+    "data",
+    "distributed",
+    "losses",
+    "metrics",
+    "miners",
+    "models",
+    "ops",
+]
 
-_SUBMODULES = ("cli", "data", "losses", "metrics", "models", "ops")
+_SUBMODULES = ("cli", "data", "distributed", "losses", "metrics", "miners", "models", "ops")
 
 
 def __getattr__(name: str) -> Any:
