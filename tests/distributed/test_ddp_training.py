@@ -58,3 +58,17 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(parallel, tmp_pa
     # Evaluation counts every test item once on every rank count: the raw-input baseline
     # (no model involved) is identical.
     assert ddp["baseline/precision@1"] == single["baseline/precision@1"]
+
+
+def test_a_pair_loss_trains_over_the_global_batch_under_ddp(tmp_path):
+    metrics = _train(
+        [
+            *DDP[:-1],
+            "loss=triplet",
+            "loss.gather_embeddings=true",
+            "data.batch_size=48",
+            "data.n_instances=8",
+        ],
+        tmp_path / "ddp_triplet",
+    )
+    assert metrics["test/precision@1"] >= 0.85

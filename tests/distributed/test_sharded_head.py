@@ -47,22 +47,26 @@ def reference(embeddings, weight, labels):
 
 def _sharded_step(rank, world_size):
     embeddings, weight, labels = global_inputs()
-    head = ShardedMarginHead(DIM, NUM_CLASSES, *MARGINS, s=SCALE).double()
-    first, end = head.class_start, head.class_end
-    with torch.no_grad():
-        head.weight.copy_(weight[first:end])
-    rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
-    local = embeddings[rows].clone().requires_grad_()
-    loss = head(local, labels[rows])
-    loss.backward()
+    results = {}
+    # The cosine path and the fused normalised-linear path of each shard.
+    for memory_efficient in (False, True):
+        head = ShardedMarginHead(
+            DIM, NUM_CLASSES, *MARGINS, s=SCALE, memory_efficient=memory_efficient
+        ).double()
+        first, end = head.class_start, head.class_end
+        with torch.no_grad():
+            head.weight.copy_(weight[first:end])
+        rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+        local = embeddings[rows].clone().requires_grad_()
+        loss = head(local, labels[rows])
+        loss.backward()
+        results[memory_efficient] = {
+            "loss": loss.detach(),
+            "grad_embeddings": local.grad,
+            "grad_weight": head.weight.grad,
+        }
     state = head.state_dict()  # a collective: every rank calls it
-    return {
-        "range": (first, end),
-        "state": state,
-        "loss": loss.detach(),
-        "grad_embeddings": local.grad,
-        "grad_weight": head.weight.grad,
-    }
+    return {"range": (first, end), "state": state, **results[False], "fused": results[True]}
 
 
 def _partial_fc_steps(rank, world_size):
@@ -113,6 +117,10 @@ def test_sharded_loss_and_gradients_equal_one_process_formula(sharded_results):
         # The embedding gradient is scaled by the world size: DDP averages it back.
         torch.testing.assert_close(result["grad_embeddings"], WORLD * grad_embeddings[rows])
         torch.testing.assert_close(result["grad_weight"], grad_weight[first:end])
+        fused = result["fused"]
+        torch.testing.assert_close(fused["loss"], loss)
+        torch.testing.assert_close(fused["grad_embeddings"], WORLD * grad_embeddings[rows])
+        torch.testing.assert_close(fused["grad_weight"], grad_weight[first:end])
 
 
 def test_single_process_head_equals_formula():

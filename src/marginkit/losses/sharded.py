@@ -25,6 +25,13 @@ after it (insightface's PFC v1 swap, which v2 dropped, leaving momentum and weig
 on unsampled rows). Register the optimizer with :meth:`attach_optimizer` (the Lightning module
 does). Per-row state of element-wise optimizers (SGD momentum, Adam's moments) is swapped;
 scalar state such as Adam's step count is shared by all rows.
+
+Host reads per step: the label range is checked without one — a row whose label is outside
+``[0, C)`` gets a NaN loss, so the training loop's finite check (its one host read) catches it,
+and :meth:`check_last_labels` (called by the Lightning module on a non-finite loss) then names
+the label and its row. Used on its own, the head returns NaN for such a batch. The multi-rank
+step also exchanges the row counts and shard sizes (one small all-gather each), and Partial FC
+reads the number of positive classes to size its sample.
 """
 
 from __future__ import annotations
@@ -54,9 +61,11 @@ from marginkit.distributed import (
     shard_sizes,
     world_and_rank,
 )
+from marginkit.losses.angular_margin import MEMORY_EFFICIENT_MIN_CLASSES
 from marginkit.ops import (
     MARGIN_FALLBACKS,
     combined_margin_logit,
+    linear_target_logsumexp,
     margin_softmax_loss,
     target_angle,
     target_logsumexp,
@@ -79,6 +88,10 @@ class ShardedMarginHead(nn.Module):
         margin_fallback: see :func:`marginkit.ops.combined_margin_logit` (default
             ``"monotonic"``: every margin combination stays decreasing in the angle).
         reduction: ``"mean"`` or ``"sum"`` over the global batch, or ``"none"``.
+        memory_efficient: compute each shard with the fused normalised-linear op
+            (:func:`marginkit.ops.linear_target_logsumexp`: the global batch × shard cosines
+            never exist) instead of cosines + :func:`marginkit.ops.target_logsumexp`;
+            ``"auto"``: from ``MEMORY_EFFICIENT_MIN_CLASSES`` (4096) classes on.
 
     Sharding happens in :meth:`shard` (called by the Lightning module's ``configure_model``,
     once the process group exists, or at construction when it already does): every rank
@@ -103,6 +116,7 @@ class ShardedMarginHead(nn.Module):
         sample_rate: float = 1.0,
         margin_fallback: str = "monotonic",
         reduction: str = "mean",
+        memory_efficient: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
@@ -118,6 +132,11 @@ class ShardedMarginHead(nn.Module):
         check_option("reduction", reduction, REDUCTIONS)
         self.margin_fallback = margin_fallback
         self.reduction = reduction
+        if not (isinstance(memory_efficient, bool) or memory_efficient == "auto"):
+            raise ValueError(
+                f"`memory_efficient` must be True, False or 'auto', got {memory_efficient!r}"
+            )
+        self.memory_efficient = memory_efficient
         self.group = group
         self.world_size, self.rank = 1, 0
         self.class_start, self.class_end = 0, num_classes
@@ -130,6 +149,7 @@ class ShardedMarginHead(nn.Module):
         self._optimizers: list[torch.optim.Optimizer] = []
         self._row_state: dict[str, Tensor] = {}
         self._step_hooks: list = []
+        self._last_labels: Tensor | None = None
         if dist.is_available() and dist.is_initialized():
             self.shard()
 
@@ -271,12 +291,14 @@ class ShardedMarginHead(nn.Module):
         all_labels = all_gather_without_grad(labels, group, sizes)
         partial = self.training and self.sample_rate < 1.0
         unit = F.normalize(all_embeddings, dim=1)
+        # Labels are checked without a host read: a row whose label is outside [0, C) gets a
+        # NaN loss, which the training loop's one finite check catches (and then names the
+        # label through `check_last_labels`). Such a row is owned by no shard.
+        bad_label = (all_labels < 0) | (all_labels >= self.num_classes)
+        self._last_labels = all_labels.detach()
         owned = (all_labels >= self.class_start) & (all_labels < self.class_end)
         local_label = (all_labels - self.class_start).clamp(0, self.weight.shape[0] - 1)
         if partial:
-            # The only extra host sync of Partial FC: a label outside [0, C) would be owned by
-            # no shard and silently become a negative-only row.
-            check_label_range(all_labels, None, self.num_classes, None, name="labels")
             index = self._sample(all_labels)
             self._load_active(index)
             weight = self.weight_active
@@ -290,17 +312,39 @@ class ShardedMarginHead(nn.Module):
             weight = self.weight
             column = local_label
             op_label = all_labels
-        unit_weight = F.normalize(weight, dim=1)
-        cosines = F.linear(unit, unit_weight)
-        stats = target_logsumexp(cosines, op_label, self.s, group)
+        if self.uses_memory_efficient():
+            stats = linear_target_logsumexp(
+                all_embeddings, weight, op_label, self.s, group, check_labels=False
+            )
+        else:
+            cosines = F.linear(unit, F.normalize(weight, dim=1))
+            stats = target_logsumexp(cosines, op_label, self.s, group, check_labels=False)
         # Exact target angle on the owning rank, summed over ranks as an N-vector.
-        cos_t, theta = target_angle(unit, unit_weight[column.clamp(min=0)])
+        cos_t, theta = target_angle(unit, F.normalize(weight[column.clamp(min=0)], dim=1))
         phi = combined_margin_logit(cos_t, theta, self.m1, self.m2, self.m3, self.margin_fallback)
         phi = all_reduce_sum_replicated(torch.where(owned, phi, torch.zeros_like(phi)), group)
         loss = margin_softmax_loss(stats.lse_rest, self.s * phi.to(stats.lse_rest.dtype))
+        loss = torch.where(bad_label, torch.full_like(loss, float("nan")), loss)
         if self.reduction == "none":
             return loss
         return loss.sum() if self.reduction == "sum" else loss.mean()
+
+    def uses_memory_efficient(self) -> bool:
+        """Whether each shard runs on the fused normalised-linear op."""
+        if self.memory_efficient == "auto":
+            return self.num_classes >= MEMORY_EFFICIENT_MIN_CLASSES
+        return self.memory_efficient
+
+    def check_last_labels(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range label of the last global batch.
+
+        The forward flags such labels with a NaN loss instead of reading the device; the
+        Lightning module calls this when it meets a non-finite loss (one host read, on
+        failure only).
+        """
+        labels = getattr(self, "_last_labels", None)
+        if labels is not None:
+            check_label_range(labels, None, self.num_classes, None, name="labels")
 
     def _virtual_labels(
         self, owned: Tensor, column: Tensor, sampled: int, group: dist.ProcessGroup | None
@@ -391,4 +435,5 @@ def sharded_head_config(loss_config: dict, sample_rate: float = 1.0) -> dict:
         "sample_rate": float(sample_rate),
         "margin_fallback": fallback,
         "reduction": given["reduction"],
+        "memory_efficient": given.get("memory_efficient", "auto"),
     }

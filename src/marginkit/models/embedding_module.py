@@ -244,6 +244,10 @@ class EmbeddingModule(L.LightningModule):
         return loss
 
     def _nonfinite_loss(self, loss: Tensor, batch_idx: int) -> None:
+        # A head that flags bad labels by a NaN loss (no host read of its own) names them here.
+        explain = getattr(self.loss, "check_last_labels", None)
+        if explain is not None:
+            explain()
         value = loss.detach().flatten()[0].item()
         if self._last_finite_loss is None:
             last = "no finite loss before it"

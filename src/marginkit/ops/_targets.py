@@ -15,13 +15,19 @@ from marginkit.ops._distributed import class_shard_offset, resolve_group
 
 
 def local_target_column(
-    label: Tensor, ignore_index: int, n_local_classes: int, group_name: str
+    label: Tensor,
+    ignore_index: int,
+    n_local_classes: int,
+    group_name: str,
+    check_labels: bool = True,
 ) -> Tensor:
     """The int64 column of each row's target in this rank's shard, ``-1`` where it has none.
 
     Checks the label range against all classes of the group (``ValueError`` naming the label
     and its row; one host read): ``[0, n_local_classes)`` in a single process. Rank ``r`` of
-    the group named ``group_name`` holds the classes after those of ranks ``< r``.
+    the group named ``group_name`` holds the classes after those of ranks ``< r``. With
+    ``check_labels=False`` (a caller that flags bad labels itself, without a host read) a label
+    outside the range simply has no column anywhere.
 
     Example:
         >>> local_target_column(torch.tensor([2, -100, 0]), -100, 3, "").tolist()
@@ -34,7 +40,8 @@ def local_target_column(
         offset, num_classes = 0, n_local_classes
     else:
         offset, num_classes = class_shard_offset(n_local_classes, group, label.device)
-    check_label_range(label, valid, num_classes, ignore_index)
+    if check_labels:
+        check_label_range(label, valid, num_classes, ignore_index)
     local_label = label - offset
     owned = valid & (local_label >= 0) & (local_label < n_local_classes)
     return torch.where(owned, local_label, -1)

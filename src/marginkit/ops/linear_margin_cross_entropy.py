@@ -174,6 +174,7 @@ def _forward(
     group_name: str,
     chunk_size: int | None,
     impl: str | None,
+    check_labels: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     r"""``(lse_rest, row_sum_all, unit_embeddings, unit_targets, inv_norm_e, inv_norm_w, target_col)``.
 
@@ -192,7 +193,7 @@ def _forward(
     kernels = _linear_kernels(embeddings.device.type, impl)
     acc = accumulation_dtype(weight.dtype)
     n_rows, n_classes = embeddings.shape[0], weight.shape[0]
-    target_col = local_target_column(label, ignore_index, n_classes, group_name)
+    target_col = local_target_column(label, ignore_index, n_classes, group_name, check_labels)
     group = resolve_group(group_name)
 
     inv_e = _inverse_norms(embeddings, acc)
@@ -361,13 +362,14 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(embeddings, weight, target_col, lse_rest, inv_e, inv_w)
     ctx.categories = (column_category, row_category)
     ctx.row_sum, ctx.scale, ctx.chunk_size, ctx.impl = row_sum, scale, chunk_size, impl
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(inv_e, inv_w, target_col)
 
 
 def _backward(ctx, grad_lse, grad_row_sum, grad_unit_e, grad_unit_t, *_unused):
     embeddings, weight, target_col, lse_rest, inv_e, inv_w = ctx.saved_tensors
     if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-        return (None,) * 11
+        return (None,) * ctx.n_inputs
     acc = lse_rest.dtype
     if grad_lse is None:
         grad_lse = torch.zeros_like(lse_rest)
@@ -397,7 +399,7 @@ def _backward(ctx, grad_lse, grad_row_sum, grad_unit_e, grad_unit_t, *_unused):
         ctx.chunk_size,
         ctx.impl,
     )
-    return (grad_embeddings, grad_weight, *([None] * 9))
+    return (grad_embeddings, grad_weight, *([None] * (ctx.n_inputs - 2)))
 
 
 linear_target_logsumexp_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -421,6 +423,7 @@ def linear_target_terms(
     row_category: Tensor | None = None,
     chunk_size: int | None = None,
     impl: str | None = None,
+    check_labels: bool = True,
 ) -> LinearTargetTerms:
     r"""Non-target log-sum-exp, exact target angle and row sum of normalised-linear cosines.
 
@@ -458,6 +461,8 @@ def linear_target_terms(
         row_category: ``(N,)`` int64 category of each row.
         chunk_size: classes per block (``None``: sized from a memory budget).
         impl: ``None``, ``"torch"`` or ``"triton"`` as for :func:`margin_cross_entropy`.
+        check_labels: check the label range inside the op (one host read); ``False`` as for
+            :func:`~marginkit.ops.target_logsumexp`.
 
     Returns:
         :class:`LinearTargetTerms` ``(lse_rest, cos_target, theta_target, row_sum)``, float32
@@ -500,6 +505,7 @@ def linear_target_terms(
             group_name(group),
             chunk_size,
             impl,
+            check_bool("check_labels", check_labels),
         )
     )
     # The exact target angle, on the rows whose target this rank holds (0 elsewhere).
@@ -536,6 +542,7 @@ def linear_target_logsumexp(
     row_category: Tensor | None = None,
     chunk_size: int | None = None,
     impl: str | None = None,
+    check_labels: bool = True,
 ) -> TargetLogSumExp:
     r""":func:`~marginkit.ops.target_logsumexp` of the cosines of ``embeddings`` and ``weight``.
 
@@ -568,6 +575,7 @@ def linear_target_logsumexp(
         row_category=row_category,
         chunk_size=chunk_size,
         impl=impl,
+        check_labels=check_labels,
     )
     return TargetLogSumExp(terms.lse_rest, terms.cos_target, terms.row_sum)
 

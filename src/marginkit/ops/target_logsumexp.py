@@ -83,6 +83,7 @@ def _forward_kernel(pick_kernels: KernelPicker):
         row_category: Tensor | None,
         group_name: str,
         impl: str | None,
+        check_labels: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(lse_rest, cos_target, row_sum or empty, target_col)``; checks the label range.
 
@@ -91,7 +92,9 @@ def _forward_kernel(pick_kernels: KernelPicker):
         """
         kernels = pick_kernels(cosines.device.type, impl)
         acc_dtype = accumulation_dtype(cosines.dtype)
-        target_col = local_target_column(label, ignore_index, cosines.shape[1], group_name)
+        target_col = local_target_column(
+            label, ignore_index, cosines.shape[1], group_name, check_labels
+        )
         cos_target = gather_target(cosines, target_col, acc_dtype)
         lse_rest, total = kernels.row_statistics_excluding_target(
             cosines, target_col, scale, row_sum, column_category, row_category
@@ -187,11 +190,14 @@ def _target_logsumexp_bwd_fake(cosines: Tensor, *_unused) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    cosines, _label, scale, _ignore, row_sum, column_category, row_category, _group, impl = inputs
+    cosines, _label, scale, _ignore, row_sum, column_category, row_category, _group, impl = inputs[
+        :9
+    ]
     lse_rest, _cos_target, _row_sum, target_col = output
     # The cosines (an input, by reference) and N-vectors only: no N×C state.
     ctx.save_for_backward(cosines, target_col, lse_rest, column_category, row_category)
     ctx.scale, ctx.row_sum, ctx.impl = scale, row_sum, impl
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(target_col)
 
 
@@ -220,7 +226,7 @@ def _backward(ctx, grad_lse, grad_cos, grad_sum, _grad_target_col):
             ctx.scale,
             ctx.impl,
         )
-    return (grad_cosines, *([None] * 8))
+    return (grad_cosines, *([None] * (ctx.n_inputs - 1)))
 
 
 target_logsumexp_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -242,6 +248,7 @@ def target_logsumexp(
     column_category: Tensor | None = None,
     row_category: Tensor | None = None,
     impl: str | None = None,
+    check_labels: bool = True,
 ) -> TargetLogSumExp:
     r"""Row log-sum-exp of the scaled non-target cosines, the target cosine, and a row sum.
 
@@ -262,6 +269,10 @@ def target_logsumexp(
         impl: test hook: ``None`` (the kernel registered for the device: chunked torch on the
             CPU, Triton on CUDA when installed), ``"torch"`` (chunked torch everywhere) or
             ``"triton"`` (on CPU tensors only under ``TRITON_INTERPRET=1``).
+        check_labels: check the label range inside the op (one host read). ``False`` is for a
+            caller that flags out-of-range rows itself without a host read (the sharded head
+            poisons their loss with NaN, which the training loop's one finite check catches);
+            such rows then have no target column and their outputs are meaningless.
 
     Returns:
         :class:`TargetLogSumExp` ``(lse_rest, cos_target, row_sum)``, float32 for half/float32
@@ -297,6 +308,7 @@ def target_logsumexp(
         column_category, row_category, cosines.shape[1], label.shape[0], ("cosines", cosines)
     )
     check_option("impl", impl, IMPLS)
+    check_bool("check_labels", check_labels)
     lse_rest, cos_target, total, _target_col = target_logsumexp_fwd(
         cosines,
         label,
@@ -307,5 +319,6 @@ def target_logsumexp(
         row_category,
         group_name(group),
         impl,
+        check_labels,
     )
     return TargetLogSumExp(lse_rest, cos_target, total if row_sum else None)
