@@ -7,8 +7,9 @@ its own set of processes:
 * ``replicated``: every rank holds all C class weights and their momentum, computes its own N
   rows against all of them and all-reduces the weight gradient (what DDP does with a replicated
   head);
-* ``sharded``: :class:`marginkit.losses.ShardedMarginHead`: C/W weights per rank, the global
-  batch (W·N rows) against the local shard, N-length all-reduces;
+* ``sharded``: :class:`marginkit.losses.ShardedMarginHead` on its cosine path
+  (``memory_efficient=False``, so the logits exist to be counted): C/W weights per rank, the
+  global batch (W·N rows) against the local shard, N-length all-reduces;
 * ``sharded_pfc``: the same with Partial FC, ``sample_rate=0.1``.
 
 Per rank: the bytes of the class weights, of their optimizer state and of the logits matrix
@@ -90,7 +91,16 @@ def _run(rank: int, world: int, store: str, args, variant: str, queue) -> None:
 
     else:
         rate = 0.1 if variant == "sharded_pfc" else 1.0
-        head = ShardedMarginHead(args.dim, args.classes, 1.0, MARGIN, 0.0, SCALE, sample_rate=rate)
+        head = ShardedMarginHead(
+            args.dim,
+            args.classes,
+            1.0,
+            MARGIN,
+            0.0,
+            SCALE,
+            sample_rate=rate,
+            memory_efficient=False,
+        )
         optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         head.attach_optimizer(optimizer)
 

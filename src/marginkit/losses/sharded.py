@@ -91,7 +91,7 @@ class ShardedMarginHead(nn.Module):
         memory_efficient: compute each shard with the fused normalised-linear op
             (:func:`marginkit.ops.linear_target_logsumexp`: the global batch × shard cosines
             never exist) instead of cosines + :func:`marginkit.ops.target_logsumexp`;
-            ``"auto"``: from ``MEMORY_EFFICIENT_MIN_CLASSES`` (4096) classes on.
+            ``"auto"``: from ``MEMORY_EFFICIENT_MIN_CLASSES`` (8192) classes on.
 
     Sharding happens in :meth:`shard` (called by the Lightning module's ``configure_model``,
     once the process group exists, or at construction when it already does): every rank
