@@ -48,13 +48,35 @@ from marginkit.ops._dtypes import accumulation_dtype
 # 20k, 0.64 at 50k; the fused path holds a third of the memory or less from 5k on.
 MEMORY_EFFICIENT_MIN_CLASSES = 8192
 
+
+def check_memory_efficient(value: object) -> bool | str:
+    """Return ``value`` if it is ``True``, ``False`` or ``"auto"``, else raise ``ValueError``."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"`memory_efficient` must be True, False or 'auto', got {value!r}")
+    return value
+
+
+def resolve_memory_efficient(setting: bool | str, num_classes: int) -> bool:
+    """Whether ``memory_efficient=setting`` means the fused op for ``num_classes`` classes.
+
+    Example:
+        >>> resolve_memory_efficient("auto", 100), resolve_memory_efficient("auto", 10**6)
+        (False, True)
+    """
+    if setting == "auto":
+        return num_classes >= MEMORY_EFFICIENT_MIN_CLASSES
+    return bool(setting)
+
+
 __all__ = [
     "MEMORY_EFFICIENT_MIN_CLASSES",
     "AngularMarginLoss",
     "check_margin",
+    "check_memory_efficient",
     "check_scale",
     "hard_negative_softmax_loss",
     "prepare_inputs",
+    "resolve_memory_efficient",
 ]
 
 
@@ -225,11 +247,7 @@ class AngularMarginLoss(nn.Module):
         memory_efficient: bool | str = "auto",
     ) -> None:
         super().__init__()
-        if not (isinstance(memory_efficient, bool) or memory_efficient == "auto"):
-            raise ValueError(
-                f"`memory_efficient` must be True, False or 'auto', got {memory_efficient!r}"
-            )
-        self.memory_efficient = memory_efficient
+        self.memory_efficient = check_memory_efficient(memory_efficient)
         self.in_features = check_positive_int("in_features", in_features)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.s = check_scale(s)
@@ -272,6 +290,8 @@ class AngularMarginLoss(nn.Module):
         The only place the ``(N, C)`` cosines exist (and with ``memory_efficient`` they do not:
         the fused normalised-linear op computes the same from embeddings and weights). Returns
         :class:`marginkit.ops.TargetLogSumExp` (``row_sum`` only with label smoothing).
+        ``labels`` were range-checked by :func:`prepare_inputs`, so the op does not read them
+        back again.
         """
         smoothing = self.smoothing_epsilon > 0
         if self.uses_memory_efficient():
@@ -283,6 +303,7 @@ class AngularMarginLoss(nn.Module):
                 row_sum=smoothing,
                 column_category=self.column_category if smoothing else None,
                 row_category=self._row_category(labels) if smoothing else None,
+                check_labels=False,
             )
         return target_logsumexp(
             self.cosine(embeddings),
@@ -291,15 +312,14 @@ class AngularMarginLoss(nn.Module):
             row_sum=smoothing,
             column_category=self.column_category if smoothing else None,
             row_category=self._row_category(labels) if smoothing else None,
+            check_labels=False,
         )
 
     def uses_memory_efficient(self) -> bool:
         """Whether :meth:`non_target_logsumexp` runs on the fused normalised-linear op."""
-        if not self.supports_memory_efficient:
-            return False
-        if self.memory_efficient == "auto":
-            return self.num_classes >= MEMORY_EFFICIENT_MIN_CLASSES
-        return bool(self.memory_efficient)
+        return self.supports_memory_efficient and resolve_memory_efficient(
+            self.memory_efficient, self.num_classes
+        )
 
     def _row_category(self, labels: Tensor) -> Tensor | None:
         return None if self.column_category is None else self.column_category[labels]

@@ -79,7 +79,10 @@ class COCOLoss(nn.Module):
         check_embeddings(embeddings, self.in_features)
         labels = check_labels(labels, embeddings.shape[0])
         check_label_range(labels, None, self.num_classes, None, name="labels")
-        lse_rest, cos_target, _ = target_logsumexp(self.cosine(embeddings), labels, self.alpha)
+        # The labels' range was checked above: the op need not read them back again.
+        lse_rest, cos_target, _ = target_logsumexp(
+            self.cosine(embeddings), labels, self.alpha, check_labels=False
+        )
         return reduce_loss(margin_softmax_loss(lse_rest, self.alpha * cos_target), self.reduction)
 
     def extra_repr(self) -> str:

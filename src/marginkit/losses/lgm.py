@@ -113,7 +113,7 @@ class LGMLoss(nn.Module):
         # half precision (the head's dtype, like the target distance below).
         with torch.autocast(x.device.type, enabled=False):
             shifted = F.linear(x, means, -0.5 * means.pow(2).sum(1))  # ½‖x‖² − d_ik
-        lse_shifted, _, _ = target_logsumexp(shifted, labels, 1.0)
+        lse_shifted, _, _ = target_logsumexp(shifted, labels, 1.0, check_labels=False)
         distance = 0.5 * (x - means[labels]).pow(2).sum(1).to(lse_shifted.dtype)
         lse_rest = lse_shifted - 0.5 * x.pow(2).sum(1).to(lse_shifted.dtype)
         classification = margin_softmax_loss(lse_rest, -(1.0 + self.alpha) * distance)

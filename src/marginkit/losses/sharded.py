@@ -61,7 +61,7 @@ from marginkit.distributed import (
     shard_sizes,
     world_and_rank,
 )
-from marginkit.losses.angular_margin import MEMORY_EFFICIENT_MIN_CLASSES
+from marginkit.losses.angular_margin import check_memory_efficient, resolve_memory_efficient
 from marginkit.ops import (
     MARGIN_FALLBACKS,
     combined_margin_logit,
@@ -132,11 +132,7 @@ class ShardedMarginHead(nn.Module):
         check_option("reduction", reduction, REDUCTIONS)
         self.margin_fallback = margin_fallback
         self.reduction = reduction
-        if not (isinstance(memory_efficient, bool) or memory_efficient == "auto"):
-            raise ValueError(
-                f"`memory_efficient` must be True, False or 'auto', got {memory_efficient!r}"
-            )
-        self.memory_efficient = memory_efficient
+        self.memory_efficient = check_memory_efficient(memory_efficient)
         self.group = group
         self.world_size, self.rank = 1, 0
         self.class_start, self.class_end = 0, num_classes
@@ -331,9 +327,7 @@ class ShardedMarginHead(nn.Module):
 
     def uses_memory_efficient(self) -> bool:
         """Whether each shard runs on the fused normalised-linear op."""
-        if self.memory_efficient == "auto":
-            return self.num_classes >= MEMORY_EFFICIENT_MIN_CLASSES
-        return self.memory_efficient
+        return resolve_memory_efficient(self.memory_efficient, self.num_classes)
 
     def check_last_labels(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range label of the last global batch.
@@ -352,10 +346,7 @@ class ShardedMarginHead(nn.Module):
         """Global labels in the numbering of the sampled columns (shard after shard)."""
         if group is None:
             return column
-        sizes = all_gather_without_grad(
-            torch.tensor([sampled], device=column.device), group
-        ).tolist()
-        offset = sum(sizes[: self.rank])
+        offset = sum(gather_row_counts(sampled, group, column.device)[: self.rank])
         label = torch.where(owned, column + offset, torch.zeros_like(column))
         dist.all_reduce(label, op=dist.ReduceOp.SUM, group=group)
         return label

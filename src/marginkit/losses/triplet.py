@@ -92,7 +92,7 @@ class TripletLoss(nn.Module):
         self.margin = _check_margin(margin)
         check_option("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
-        self.squared = _check_bool("squared", squared)
+        self.squared = check_bool("squared", squared)
         self.last_logs: dict[str, float] = {}
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
@@ -219,7 +219,7 @@ class TripletLossWithMiner(nn.Module):
         self.miner = miner
         check_option("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
-        self.squared = _check_bool("squared", squared)
+        self.squared = check_bool("squared", squared)
         self.memory_budget = check_positive_int("memory_budget", memory_budget)
         self.last_logs: dict[str, float] = {}
 
@@ -287,12 +287,6 @@ class TripletLossWithMiner(nn.Module):
             f"margin={self.margin}, reduction={self.reduction!r}, squared={self.squared}, "
             f"memory_budget={self.memory_budget}"
         )
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _check_batch(name: str, value: object) -> Tensor:
