@@ -82,12 +82,17 @@ def check_float_dtype(name: str, value: Tensor) -> None:
         )
 
 
+def _is_integer(value: Tensor) -> bool:
+    """Whether ``value`` holds integers (not floating, complex or bool)."""
+    return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+
+
 def check_row_labels(label: Tensor, rows: Tensor, rows_name: str) -> Tensor:
     """Check integer ``label`` (N,) or (N, 1) against the N rows of ``rows``; return label (N,).
 
     ``rows_name`` is what the messages call ``rows`` (``"logits"``, ``"embeddings"``, ...).
     """
-    if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
+    if not _is_integer(label):
         raise ValueError(f"`label` must be an integer tensor of class ids, got {label.dtype}")
     n_rows = rows.shape[0]
     if label.ndim == 2 and label.shape[1] == 1:
@@ -167,7 +172,7 @@ def check_categories(
     expected = {"column_category": n_columns, "row_category": n_rows}
     for name, value in (("column_category", column_category), ("row_category", row_category)):
         value = check_tensor(name, value)
-        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        if not _is_integer(value):
             raise ValueError(f"`{name}` must be an integer tensor, got {value.dtype}")
         if value.shape != (expected[name],):
             raise ValueError(
@@ -231,8 +236,7 @@ def check_positive_int(name: str, value: int) -> int:
 
 def check_embeddings(embeddings: Tensor, in_features: int) -> None:
     """Raise ``ValueError`` unless ``embeddings`` is a floating (N, in_features) tensor."""
-    if not isinstance(embeddings, Tensor):
-        raise TypeError(f"`embeddings` must be a torch.Tensor, got {type(embeddings).__name__}")
+    check_tensor("embeddings", embeddings)
     if embeddings.ndim != 2 or embeddings.shape[1] != in_features:
         raise ValueError(
             f"`embeddings` must have shape (N, {in_features}), got {tuple(embeddings.shape)}"
@@ -247,9 +251,8 @@ def check_labels(labels: Tensor, batch_size: int) -> Tensor:
     Metadata only (no device work); the range check is the op's
     :func:`check_label_range`.
     """
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+    check_tensor("labels", labels)
+    if not _is_integer(labels):
         raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]

@@ -6,11 +6,11 @@ N-length vectors (and one int per rank) cross the network:
 
 1. :func:`class_shard_offset`: an all-gather of each rank's shard size gives this rank's first
    class id and the total number of classes;
-2. :func:`combine_row_logsumexp`: with local row log-sum-exps :math:`\ell_r`, an all-reduce MAX
-   gives :math:`M = \max_r \ell_r`, then an all-reduce SUM of :math:`e^{\ell_r - M}` gives the
-   global :math:`M + \log \sum_r e^{\ell_r - M}`. The target cosine (present on its owner only,
-   zero elsewhere) and any other per-row sums (the row sum of :func:`~marginkit.ops.
-   target_logsumexp`) ride along in the same SUM (:func:`combine_row_statistics`).
+2. :func:`combine_row_statistics`: with local row log-sum-exps :math:`\ell_r`, an all-reduce
+   MAX gives :math:`M = \max_r \ell_r`, then an all-reduce SUM of :math:`e^{\ell_r - M}` gives
+   the global :math:`M + \log \sum_r e^{\ell_r - M}`. The target cosine (present on its owner
+   only, zero elsewhere) and any other per-row sums (the row sum of :func:`~marginkit.ops.
+   target_logsumexp`) ride along in the same SUM.
 
 The op kernels call these with the group resolved from its name (custom ops take strings, not
 ``ProcessGroup`` objects); an empty name means single process.
@@ -48,23 +48,6 @@ def class_shard_offset(
     sizes = torch.cat(sizes).tolist()
     rank = dist.get_rank(group)
     return sum(sizes[:rank]), sum(sizes)
-
-
-def combine_row_logsumexp(
-    local_lse: Tensor, local_target: Tensor, group: dist.ProcessGroup
-) -> tuple[Tensor, Tensor]:
-    """Return the global row log-sum-exp and the summed target cosine (two all-reduces).
-
-    Args:
-        local_lse: ``(N,)`` log-sum-exp over this rank's columns (``-inf`` when none counted).
-        local_target: ``(N,)`` target cosine where this rank owns the target, 0 elsewhere.
-        group: the process group.
-
-    Returns:
-        ``(lse, target)``, both ``(N,)`` and identical on every rank.
-    """
-    lse, (target,) = combine_row_statistics(local_lse, [local_target], group)
-    return lse, target
 
 
 def combine_row_statistics(

@@ -50,7 +50,7 @@ from marginkit._validation import (
 from marginkit.distributed import all_reduce_sum_replicated
 from marginkit.ops import _linear_cpu
 from marginkit.ops._backends import kernels_for
-from marginkit.ops._distributed import combine_row_logsumexp, group_name, resolve_group
+from marginkit.ops._distributed import combine_row_statistics, group_name, resolve_group
 from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._linear_cpu import project_to_tangent_
 from marginkit.ops._margin import (
@@ -202,7 +202,7 @@ def _forward(
         embeddings, weight, inv_e, inv_w, target_col, scale, chunk_size
     )
     if group is not None:
-        lse_rest, _ = combine_row_logsumexp(lse_rest, torch.zeros_like(lse_rest), group)
+        lse_rest, _ = combine_row_statistics(lse_rest, [], group)
     unit_embeddings, unit_targets = _unit_targets(embeddings, weight, inv_e, inv_w, target_col)
     if row_sum:
         n_categories = 1
