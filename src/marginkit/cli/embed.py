@@ -186,22 +186,21 @@ def data_num_classes(datamodule: Any) -> int | None:
     None when the datamodule has none or cannot build its training split (an evaluation-only
     pair-file setup with ``data.root=null``).
     """
-    for attempt in range(2):
+    try:
+        num_classes = datamodule.num_classes
+    except AttributeError:
+        return None
+    except RuntimeError:  # known after setup("fit")
+        try:
+            datamodule.setup("fit")
+        except Exception as error:
+            log.info("no class count check: the training split is not built (%s)", error)
+            return None
         try:
             num_classes = datamodule.num_classes
-        except AttributeError:
+        except (AttributeError, RuntimeError):
             return None
-        except RuntimeError:  # known after setup("fit")
-            if attempt:
-                return None
-            try:
-                datamodule.setup("fit")
-            except Exception as error:
-                log.info("no class count check: the training split is not built (%s)", error)
-                return None
-            continue
-        return num_classes if isinstance(num_classes, int) else None
-    return None
+    return num_classes if isinstance(num_classes, int) else None
 
 
 def check_num_classes(cfg: DictConfig, module: nn.Module, datamodule: Any) -> None:

@@ -53,7 +53,6 @@ def needs_balanced_batches(cfg: DictConfig) -> bool:
     A loss class with ``requires_balanced_batches = True`` (pair and triplet losses with
     miners) needs them; the data config must then have an ``n_instances`` argument.
     """
-    check_missing(cfg, allowed_missing={"loss.num_classes"})
     loss_class = _loss_class(cfg)
     if loss_class is None or not getattr(loss_class, "requires_balanced_batches", False):
         return False
@@ -151,6 +150,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     ``???`` and is filled in (in ``cfg``) from the datamodule's ``num_classes``. Every mistake
     raises :class:`ConfigError` before any training starts.
     """
+    check_missing(cfg, allowed_missing={"loss.num_classes"})
     balanced = needs_balanced_batches(cfg)
     datamodule = _setup_data(cfg)
     if balanced:  # K depends on the number of training classes, known after setup

@@ -41,10 +41,6 @@ _NO_CONFIG = (
 )
 
 
-def _stage_of(name: str) -> str:
-    return "val" if name == "validation" else name
-
-
 class EmbeddingModule(L.LightningModule):
     """A backbone producing embeddings, trained by a loss head, evaluated by retrieval.
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from marginkit.models.backbones.neck import _check_sizes
+from marginkit._validation import check_positive_int
 
 
 def check_stage_sizes(name: str, sizes: Sequence[int], meaning: str) -> tuple[int, ...]:
@@ -27,7 +27,7 @@ def check_stage_sizes(name: str, sizes: Sequence[int], meaning: str) -> tuple[in
     if len(sizes) != 4:
         raise ValueError(f"`{name}` must give {meaning}, got {list(sizes)}")
     for size in sizes:
-        _check_sizes(**{name: size})
+        check_positive_int(name, size)
     return sizes
 
 

@@ -6,15 +6,13 @@ import os
 
 from torch import Tensor, nn
 
+from marginkit._validation import check_positive_int
 from marginkit.models.backbones._pretrained import load_pretrained
 
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"`{name}` must be positive, got {value}")
+        check_positive_int(name, value)
 
 
 def _check_dropout(dropout: float) -> float:
