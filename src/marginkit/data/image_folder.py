@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from marginkit._validation import check_option
 from marginkit.data.base import (
@@ -22,6 +21,14 @@ from marginkit.data.base import (
     _check_int,
     fits_baseline_budget,
 )
+from marginkit.data.image_files import (
+    IMAGE_EXTENSIONS,
+    ImageFileDataset,
+    ReportingDataLoader,
+    collate_readable,
+    is_readable_image,
+    scan_image_folder,
+)
 from marginkit.data.pairs import (
     PAIR_FORMATS,
     VerificationPairs,
@@ -29,181 +36,19 @@ from marginkit.data.pairs import (
     read_pairs,
     sample_pairs,
 )
-from marginkit.data.transforms import image_transform, to_tensor
+from marginkit.data.transforms import image_transform
 
-IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
-# What a file that does not decode raises in Pillow (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
-
-
-def _decode_errors() -> tuple[type[BaseException], ...]:
-    from PIL import Image
-
-    return (*_DECODE_ERRORS, Image.DecompressionBombError)
-
-
-def scan_image_folder(
-    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
-) -> dict[str, list[str]]:
-    """The images of each class folder of ``root``: ``{class name: [paths, sorted]}``.
-
-    Every direct sub-folder of ``root`` is a class (sorted by name); its images are the files
-    below it (recursively, symbolic links followed) whose suffix is in ``extensions`` (any
-    case). Hidden files and folders (``.name``) are skipped; classes without an image are left
-    out.
-
-    Raises:
-        FileNotFoundError: ``root`` is not a folder.
-        ValueError: ``root`` holds no class folder with an image.
-
-    Example:
-        >>> import tempfile
-        >>> from PIL import Image
-        >>> with tempfile.TemporaryDirectory() as root:
-        ...     for name in ("b/1.png", "a/x/2.png", "a/3.txt"):
-        ...         Path(root, name).parent.mkdir(parents=True, exist_ok=True)
-        ...         Image.new("L", (2, 2)).save(Path(root, name)) if name.endswith("png") else None
-        ...     classes = scan_image_folder(root)
-        ...     {name: [Path(p).name for p in paths] for name, paths in classes.items()}
-        {'a': ['2.png'], 'b': ['1.png']}
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
-    suffixes = tuple(ext.lower() for ext in extensions)
-    classes: dict[str, list[str]] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        paths = []
-        for folder, subfolders, files in os.walk(entry.path, followlinks=True):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            paths += [
-                os.path.join(folder, name)
-                for name in sorted(files)
-                if not name.startswith(".") and name.lower().endswith(suffixes)
-            ]
-        if paths:
-            classes[entry.name] = paths
-    if not classes:
-        raise ValueError(
-            f"image folder {str(root)!r} holds no class sub-folder with images "
-            f"(suffixes {list(suffixes)})"
-        )
-    return classes
-
-
-def is_readable_image(path: str) -> bool:
-    """Whether Pillow can open and fully decode the image at ``path``."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except _decode_errors():
-        return False
-    return True
-
-
-class ImageFileDataset(Dataset):
-    """Images read from files with Pillow; an unreadable file yields ``None``, never an error.
-
-    Item ``i`` is ``(transform(image), label)`` (``+ (index,)`` with ``with_index``), the image
-    converted to ``RGB`` (or ``L`` with ``grayscale``) and to a (C, H, W) float tensor in [0, 1]
-    before ``transform``. A file that fails to decode gives ``None`` and is recorded in a
-    shared-memory flag tensor (so DataLoader workers report to the main process); pair the dataset
-    with :func:`collate_readable` to drop those items from the batch, and call
-    :meth:`warn_unreadable` (the image datamodule's loaders do it at the end of every pass) for one
-    warning that counts them.
-
-    Args:
-        paths: image files.
-        labels: (N,) int64 label of each file.
-        transform: applied to the (C, H, W) tensor.
-        grayscale: decode to one channel instead of three.
-        with_index: also return the item's index (evaluation splits).
-        name: the split's name, for the warning.
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        labels: Tensor,
-        transform: Callable[[Tensor], Tensor] | None = None,
-        grayscale: bool = False,
-        with_index: bool = False,
-        name: str = "images",
-    ) -> None:
-        self.paths = list(paths)
-        self.labels = labels
-        self.transform = transform
-        self.mode = "L" if grayscale else "RGB"
-        self.with_index = with_index
-        self.name = name
-        self.unreadable = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
-        self._n_reported = 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> Tensor | None:
-        """The decoded, transformed image ``index``, or None if its file does not decode."""
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[index]) as image:
-                pixels = to_tensor(image.convert(self.mode))
-        except _decode_errors():
-            self.unreadable[index] = True
-            return None
-        return pixels if self.transform is None else self.transform(pixels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, ...] | None:
-        pixels = self.load(index)
-        if pixels is None:
-            return None
-        if self.with_index:
-            return pixels, self.labels[index], torch.tensor(index)
-        return pixels, self.labels[index]
-
-    def warn_unreadable(self) -> int:
-        """Warn once about the files found unreadable since the last warning; return their count."""
-        n_unreadable = int(self.unreadable.sum())
-        if n_unreadable > self._n_reported:
-            self._n_reported = n_unreadable
-            first = [self.paths[i] for i in self.unreadable.nonzero()[:3, 0].tolist()]
-            warnings.warn(
-                f"skipped {n_unreadable} unreadable image(s) of the {self.name} split "
-                f"(e.g. {first}); they are left out of every batch. "
-                "`verify_images=true` drops them when the split is built.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return n_unreadable
-
-
-def collate_readable(batch: list[Any]) -> Any:
-    """PyTorch's default collate of the items that are not None; None if none is left."""
-    items = [item for item in batch if item is not None]
-    return default_collate(items) if items else None
-
-
-class _ReportingLoader(DataLoader):
-    """A DataLoader that warns about unreadable images when a pass delivers its last batch.
-
-    Batches arrive in order, so by the last one every item of the pass has been read (by any
-    worker). The check runs before the last batch is handed out because Lightning stops asking
-    after ``len(loader)`` batches (the iterator is never exhausted).
-    """
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        n_batches = len(self)
-        warn = getattr(self.dataset, "warn_unreadable", lambda: 0)
-        for number, batch in enumerate(super().__iter__(), start=1):
-            if number == n_batches:
-                warn()
-            yield batch
-        warn()
+# The file layer lives in marginkit.data.image_files; its names stay importable from here.
+_ReportingLoader = ReportingDataLoader
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFileDataset",
+    "ImageFolderDataModule",
+    "ReportingDataLoader",
+    "collate_readable",
+    "is_readable_image",
+    "scan_image_folder",
+]
 
 
 def _seq(name: str, value: Sequence[Any] | None) -> tuple[Any, ...] | None:
@@ -285,6 +130,7 @@ class ImageFolderDataModule(EmbeddingDataModule):
 
     Example:
         >>> import tempfile
+        >>> from pathlib import Path
         >>> from PIL import Image
         >>> with tempfile.TemporaryDirectory() as root:
         ...     for c in range(6):
@@ -563,7 +409,7 @@ class ImageFolderDataModule(EmbeddingDataModule):
             return None
 
     def _make_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        return _ReportingLoader(dataset, **kwargs, **self._loader_kwargs())
+        return ReportingDataLoader(dataset, **kwargs, **self._loader_kwargs())
 
     # ----------------------------------------------------------------------------- accessors
     def labels(self, stage: str) -> Tensor:
