@@ -302,3 +302,51 @@ def test_lightning_loops_report_an_unreadable_image_once(folder):
         trainer.fit(probe, datamodule=dm)
     assert sum("unreadable" in str(w.message) for w in caught) == 1
     assert sorted(probe.seen) == sorted(list(range(1, 8)) * 2)  # two epochs, item 0 dropped
+
+
+def test_deterministic_data_order_keeps_the_unreadable_image_warning(folder):
+    from marginkit.cli.resume import DeterministicDataOrder
+
+    dm = _dm(folder)
+    dm.setup("fit")
+    Path(dm.paths("train")[3]).write_bytes(b"junk")
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[DeterministicDataOrder(seed=0)],
+    )
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable image") as caught:
+        trainer.fit(_Probe(), datamodule=dm)
+    assert sum("unreadable" in str(w.message) for w in caught) == 1
+    assert int(dm.datasets["train"].unreadable.sum()) == 1
+
+
+def test_a_resumed_epoch_warns_at_its_last_batch(folder):
+    """A loader rebuilt to skip the batches already trained warns when its last batch is out."""
+    from marginkit.cli.resume import SkippingBatchSampler, _rebuilt
+
+    dm = _dm(folder)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    order = list(loader.batch_sampler)  # epoch 0's batches, what the resumed loader replays
+    n_batches = len(order)
+    Path(dm.paths("train")[order[-1][0]]).write_bytes(b"junk")  # in the epoch's last batch
+    resumed = _rebuilt(loader, SkippingBatchSampler(loader.batch_sampler, skip=2))
+    assert type(resumed) is type(loader) and len(resumed) == n_batches
+    batches = iter(resumed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Lightning asks for the remaining batches only: the iterator is never exhausted.
+        delivered = [next(batches) for _ in range(n_batches - 2)]
+    assert [labels.tolist() for _, labels in delivered[:-1]] == [
+        dm.train_labels[batch].tolist() for batch in order[2:-1]
+    ]
+    assert len(delivered[-1][1]) == 3  # the broken file left out of its batch of 4
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        "skipped 1 unreadable image(s) of the train split"
+    ]

@@ -76,7 +76,12 @@ class SkippingBatchSampler(Sampler[list[int]]):
 
 
 def _rebuilt(loader: DataLoader, batch_sampler: Sampler) -> DataLoader:
-    """``loader`` with another batch sampler (every other setting kept)."""
+    """``loader`` with another batch sampler (every other setting kept).
+
+    A subclass that takes ``DataLoader``'s own arguments (it does not override ``__init__``) is
+    rebuilt as the same class, so what it adds survives: the image datamodules' loader warns
+    about unreadable files at the end of every pass. Others become a plain ``DataLoader``.
+    """
     kwargs: dict[str, Any] = {
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
@@ -90,7 +95,8 @@ def _rebuilt(loader: DataLoader, batch_sampler: Sampler) -> DataLoader:
     }
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, batch_sampler=batch_sampler, **kwargs)
+    loader_class = type(loader) if type(loader).__init__ is DataLoader.__init__ else DataLoader
+    return loader_class(loader.dataset, batch_sampler=batch_sampler, **kwargs)
 
 
 class DeterministicDataOrder(L.Callback):

@@ -183,11 +183,13 @@ class ReportingDataLoader(DataLoader):
 
     Batches arrive in order, so by the last one every item of the pass has been read (by any
     worker). The check runs before the last batch is handed out because Lightning stops asking
-    after ``len(loader)`` batches (the iterator is never exhausted).
+    after ``len(loader)`` batches (the iterator is never exhausted). A batch sampler with a
+    ``skip`` attribute (a resumed epoch's :class:`~marginkit.cli.resume.SkippingBatchSampler`)
+    delivers ``skip`` batches fewer this pass; the check moves up accordingly.
     """
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        n_batches = len(self)
+        n_batches = len(self) - int(getattr(self.batch_sampler, "skip", 0) or 0)
         warn = getattr(self.dataset, "warn_unreadable", lambda: 0)
         for number, batch in enumerate(super().__iter__(), start=1):
             if number == n_batches:
