@@ -144,7 +144,7 @@ def test_verify_images_drops_them_at_setup(folder):
 
 
 def test_p_by_k_loader_is_rank_aware_and_lightning_sets_its_epoch(folder):
-    dm = _dm(folder, n_instances=2, val_ratio=0.1, test_ratio=0.1)
+    dm = _dm(folder, n_instances=2)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, DistributedSampler)  # Lightning leaves it as it is

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -22,6 +23,64 @@ STAGES = ("train", "val", "test")
 EVAL_STAGES = ("val", "test")
 # The raw-input baseline is skipped (None) above this many bytes of float32 features.
 BASELINE_MAX_BYTES = 1 << 30
+
+
+def config_key(name: str) -> str:
+    """``name`` as the CLI spells a datamodule argument (``data.<name>``), in backticks.
+
+    Setup errors name the key a user sets (``data.batch_size=32`` on the command line, or the
+    constructor argument of the same name).
+
+    Example:
+        >>> config_key("val_ratio")
+        '`data.val_ratio`'
+    """
+    return f"`data.{name}`"
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural unless ``count`` is 1.
+
+    Example:
+        >>> plural(1, "class", "classes"), plural(3, "image")
+        ('1 class', '3 images')
+    """
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+class TrainingEpoch(NamedTuple):
+    """What one training epoch is made of, per rank (see :meth:`EmbeddingDataModule.training_epoch`).
+
+    Attributes:
+        n_batches: batches each rank trains on.
+        batch_size: items per batch (P·K for P×K batches).
+        n_instances: K of P×K batches, or None for plain shuffled batches.
+        n_dropped: items no rank sees in an epoch (plain batches: the remainder of the last
+            batch; None for P×K batches, whose padding and leftover chunks vary by epoch).
+        world_size: number of ranks.
+    """
+
+    n_batches: int
+    batch_size: int
+    n_instances: int | None
+    n_dropped: int | None
+    world_size: int
+
+    def describe(self) -> str:
+        """E.g. ``1 batch of 128 (113 dropped each epoch)`` or ``5 batches of 8 classes × 4``."""
+        if self.n_instances is None:
+            text = f"{plural(self.n_batches, 'batch', 'batches')} of {self.batch_size}"
+        else:
+            n_labels = self.batch_size // self.n_instances
+            text = (
+                f"{plural(self.n_batches, 'batch', 'batches')} of "
+                f"{n_labels} classes × {self.n_instances}"
+            )
+        if self.world_size > 1:
+            text += f" on each of {self.world_size} ranks"
+        if self.n_dropped:
+            text += f" ({self.n_dropped} dropped each epoch)"
+        return text
 
 
 def check_stage(stage: object, allowed: tuple[str, ...] = EVAL_STAGES) -> str:
@@ -98,10 +157,18 @@ class EmbeddingDataModule(L.LightningDataModule):
       as indices, in protocol order (a pair file's, or a seeded balanced list).
     - **Raw-input baseline.** :meth:`baseline_features` gives the inputs of an evaluation split
       as (N, F) float vectors, to compare the model's metrics with those of the raw inputs.
+    - **Checked before the first step.** :meth:`setup` refuses, with a ``ValueError`` naming
+      the config key (``data.<argument>``), a training split that fills no batch (on every
+      rank, P×K batches included) and an evaluation split of fewer than 2 classes (where every
+      retrieval and verification metric is trivially perfect or undefined).
+    - **Summary.** :meth:`summary` describes the built splits in one line (classes and items,
+      the batches of a training epoch, what was left out); it is logged (rank zero, INFO) the
+      first time Lightning asks for a loader.
 
     Subclasses implement :meth:`_build` (fill :attr:`datasets` and, for ``"train"``,
     :attr:`_train_labels` and :attr:`_num_classes`) and may override :meth:`_seeded_pairs`,
-    :meth:`_raw_features` and :attr:`collate_fn`.
+    :meth:`_raw_features`, :attr:`collate_fn`, :meth:`_too_few_classes` (the error naming what
+    sets an evaluation split's classes), :meth:`_split_note` and :meth:`_summary_notes`.
 
     Args:
         batch_size: training batch size (P·K with ``n_instances``).
@@ -118,6 +185,8 @@ class EmbeddingDataModule(L.LightningDataModule):
 
     #: The ``collate_fn`` of every loader (None: PyTorch's default).
     collate_fn: Callable[[list[Any]], Any] | None = None
+    #: What the summary and the errors call one item of a split.
+    item_noun: str = "item"
 
     def __init__(
         self,
@@ -152,6 +221,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         self._num_classes: int | None = None
         self._train_labels: Tensor | None = None
         self._pairs: dict[str, VerificationPairs | None] = {}
+        self._summarized: set[str] = set()
 
     # ----------------------------------------------------------------- what subclasses provide
     def _build(self, stage: str) -> None:
@@ -168,11 +238,38 @@ class EmbeddingDataModule(L.LightningDataModule):
     def _raw_features(self, stage: str) -> Tensor | None:
         raise NotImplementedError
 
+    def _too_few_classes(self, stage: str, n_classes: int) -> str:
+        """The error message for evaluation split ``stage`` holding ``n_classes`` < 2 classes.
+
+        Subclasses name the config key that sets the split's classes.
+        """
+        return (
+            f"the {stage} split has {plural(n_classes, 'class', 'classes')}: retrieval and "
+            "verification need at least 2"
+        )
+
+    def _split_note(self, stage: str) -> str:
+        """Text appended to split ``stage``'s part of :meth:`summary` (e.g. its pair file)."""
+        return ""
+
+    def _summary_notes(self) -> list[str]:
+        """What :meth:`summary` ends with: what was left out (e.g. ``1 empty folder``)."""
+        return []
+
     # ----------------------------------------------------------------------------- contract
     def setup(self, stage: str | None = None) -> None:
-        """Build the splits a Lightning stage needs (``fit``: train + val; ``test``: test; …)."""
+        """Build the splits a Lightning stage needs, and check they can give meaningful results.
+
+        ``fit`` builds all three splits (train, val and test: a test split that cannot be built
+        or scored fails before training, not after it), ``validate`` the val split, ``test``
+        and ``predict`` the test split; None all three. Then every evaluation split of the
+        stage must hold at least 2 classes and the training split must fill at least one batch
+        on every rank (:meth:`training_epoch`); otherwise ``ValueError`` names the config key
+        to change. Building is done once per split; the checks run on every call (Lightning's
+        own ``setup`` call knows the number of ranks).
+        """
         needed = {
-            "fit": ("train", "val"),
+            "fit": STAGES,
             "validate": ("val",),
             "test": ("test",),
             "predict": ("test",),
@@ -180,6 +277,113 @@ class EmbeddingDataModule(L.LightningDataModule):
         for split in needed:
             if split not in self.datasets:
                 self._build(split)
+        for split in needed:
+            if split in EVAL_STAGES:
+                n_classes = int(self.labels(split).unique().numel())
+                if n_classes < 2:
+                    raise ValueError(self._too_few_classes(split, n_classes))
+        if "train" in needed:
+            self.training_epoch()
+
+    def training_epoch(self) -> TrainingEpoch:
+        """The batches of one training epoch on each rank (after ``setup("fit")``).
+
+        Plain batches: each rank's ``⌊N / W⌋`` items (``N`` training items, ``W`` ranks) cut into
+        ``⌊N / W⌋ // batch_size`` batches, the remaining items dropped. P×K batches: the length
+        of the :class:`~marginkit.data.samplers.BalancedBatchSampler` on this rank.
+
+        Raises:
+            ValueError: no batch at all (``batch_size`` larger than the split, or than each
+                rank's share of it; P×K batches asking for more classes than the split has, or
+                for a K larger than its largest class). The message names the config key.
+        """
+        n_items = len(self._dataset("train"))  # type: ignore[arg-type]
+        world_size, rank = self._distributed_layout()
+        noun = self.item_noun
+        if self.n_instances is None:
+            n_local = n_items // world_size
+            n_batches = n_local // self.batch_size
+            if n_batches == 0:
+                share = (
+                    f"the training split ({plural(n_items, noun)})"
+                    if world_size == 1
+                    else f"each of the {world_size} ranks' share of the training split "
+                    f"({n_local} of {plural(n_items, noun)})"
+                )
+                raise ValueError(
+                    f"{config_key('batch_size')} ({self.batch_size}) is larger than {share}: "
+                    "lower it"
+                )
+            n_dropped = n_items - n_batches * self.batch_size * world_size
+            return TrainingEpoch(n_batches, self.batch_size, None, n_dropped, world_size)
+        sampler = self._balanced_sampler(world_size, rank)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"{config_key('batch_size')} ({self.batch_size}) leaves no P×K batch of the "
+                f"training split for each of the {world_size} ranks: lower it"
+            )
+        return TrainingEpoch(len(sampler), self.batch_size, self.n_instances, None, world_size)
+
+    def _balanced_sampler(self, num_replicas: int, rank: int) -> BalancedBatchSampler:
+        """The P×K batch sampler of the training split; ``ValueError`` naming the config keys."""
+        n_instances = self.n_instances
+        assert n_instances is not None
+        n_labels = self.batch_size // n_instances
+        sizes = torch.bincount(self.train_labels)
+        sizes = sizes[sizes > 0]
+        if len(sizes) < n_labels:
+            raise ValueError(
+                f"{config_key('batch_size')} ({self.batch_size}) asks for P×K batches of "
+                f"{n_labels} classes × {n_instances} ({config_key('n_instances')}), the training "
+                f"split has {plural(len(sizes), 'class', 'classes')}: lower it"
+            )
+        if int(sizes.max()) < n_instances:
+            raise ValueError(
+                f"{config_key('n_instances')} ({n_instances}) is larger than the training "
+                f"split's largest class ({plural(int(sizes.max()), self.item_noun)}): lower it"
+            )
+        return BalancedBatchSampler(
+            self.train_labels,
+            n_labels=n_labels,
+            n_instances=n_instances,
+            drop_last=True,
+            seed=self.seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+
+    def summary(self) -> str:
+        """One line on the built splits: classes and items, a training epoch, what was left out.
+
+        E.g. ``train 24 classes / 241 images -> 1 batch of 128 (113 dropped each epoch), val 3
+        classes / 30 images, test 3 classes / 30 images, 1 unreadable, 1 empty folder``.
+
+        Example:
+            >>> from marginkit.data import SyntheticDataModule
+            >>> dm = SyntheticDataModule(num_classes=4, num_eval_classes=2, samples_per_class=6,
+            ...                          dim=8, batch_size=10)
+            >>> dm.setup("fit")
+            >>> dm.summary()
+            'train 4 classes / 24 items -> 2 batches of 10 (4 dropped each epoch), val 2 classes / 6 items, test 2 classes / 6 items'
+        """
+        parts = []
+        for split in STAGES:
+            if split not in self.datasets:
+                continue
+            labels = self.labels(split)
+            classes = plural(int(labels.unique().numel()), "class", "classes")
+            part = f"{split} {classes} / {plural(len(labels), self.item_noun)}"
+            if split == "train":
+                part += f" -> {self.training_epoch().describe()}"
+            parts.append(part + self._split_note(split))
+        return ", ".join(parts + self._summary_notes())
+
+    def _announce(self) -> None:
+        """Log :meth:`summary` (rank zero, INFO) when splits were built since it was last logged."""
+        if set(self.datasets) <= self._summarized:
+            return
+        self._summarized |= set(self.datasets)
+        rank_zero_info(self.summary())
 
     def _dataset(self, stage: str) -> Dataset:
         if stage not in self.datasets:
@@ -260,6 +464,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         (a :class:`~torch.utils.data.DistributedSampler`, which Lightning leaves as it is).
         """
         dataset = self._dataset("train")
+        self._announce()
         num_replicas, rank = self._distributed_layout()
         if self.n_instances is None:
             sampler: DistributedSampler = DistributedSampler(
@@ -273,15 +478,7 @@ class EmbeddingDataModule(L.LightningDataModule):
             return self._make_loader(
                 dataset, sampler=sampler, batch_size=self.batch_size, drop_last=True
             )
-        batch_sampler = BalancedBatchSampler(
-            self.train_labels,
-            n_labels=self.batch_size // self.n_instances,
-            n_instances=self.n_instances,
-            drop_last=True,
-            seed=self.seed,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
+        batch_sampler = self._balanced_sampler(num_replicas, rank)
         return self._make_loader(
             dataset,
             sampler=_FlatBatchSampler(batch_sampler),
@@ -291,11 +488,15 @@ class EmbeddingDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches ``(inputs, labels, indices)`` in dataset order."""
-        return self._make_loader(self._dataset("val"), batch_size=self.eval_batch_size)
+        dataset = self._dataset("val")
+        self._announce()
+        return self._make_loader(dataset, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches ``(inputs, labels, indices)`` in dataset order."""
-        return self._make_loader(self._dataset("test"), batch_size=self.eval_batch_size)
+        dataset = self._dataset("test")
+        self._announce()
+        return self._make_loader(dataset, batch_size=self.eval_batch_size)
 
 
 # The parameters of EmbeddingDataModule's constructor, which every subclass repeats and passes on.

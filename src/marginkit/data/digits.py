@@ -8,7 +8,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from marginkit.data.base import EmbeddingDataModule, _base_arguments, _check_fraction
+from marginkit.data.base import (
+    EmbeddingDataModule,
+    _base_arguments,
+    _check_fraction,
+    config_key,
+    plural,
+)
 
 
 def _check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
@@ -90,6 +96,8 @@ class DigitsDataModule(EmbeddingDataModule):
         self.input_dim = 64
         self._num_classes = len(self.train_classes)  # known without loading anything
 
+    item_noun = "image"
+
     @property
     def train_set(self) -> TensorDataset | None:
         """``(pixels, labels)`` of the training digits, after ``setup``."""
@@ -135,6 +143,17 @@ class DigitsDataModule(EmbeddingDataModule):
             # Evaluation labels keep the original digit ids (they are never fed to a head).
             pixels = (images[idx] - mean) / std
             self.datasets[split] = TensorDataset(pixels, digits[idx], torch.arange(len(idx)))
+
+    def _too_few_classes(self, stage: str, n_classes: int) -> str:
+        if len(self.eval_classes) < 2:
+            key, value, fix = "eval_classes", list(self.eval_classes), "list 2 or more digits"
+        else:
+            key, value, fix = "val_fraction", self.val_fraction, "move it away from 0 and 1"
+        return (
+            f"{config_key(key)} ({value}) leaves the {stage} split "
+            f"{plural(n_classes, 'class', 'classes')}: retrieval and verification need at "
+            f"least 2; {fix}"
+        )
 
     def labels(self, stage: str) -> Tensor:
         """The labels of split ``stage``: remapped ids for ``"train"``, digit ids otherwise."""

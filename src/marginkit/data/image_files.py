@@ -1,10 +1,10 @@
 """Image files: finding them in class folders, decoding them, and never stopping an epoch on one.
 
-The file layer under the image datamodules: :func:`scan_image_folder` lists the images of each
-class folder, :class:`ImageFileDataset` decodes them with Pillow (an unreadable file yields None
-and is counted in shared memory, so DataLoader workers report to the main process),
-:func:`collate_readable` drops those items from their batch, and :class:`ReportingDataLoader`
-warns once per pass with their count.
+The file layer under the image datamodules: :func:`scan_class_folders` lists the images of
+each class folder (and the class folders without any), :class:`ImageFileDataset` decodes them
+with Pillow (an unreadable file yields None and is counted in shared memory, so DataLoader
+workers report to the main process), :func:`collate_readable` drops those items from their
+batch, and :class:`ReportingDataLoader` warns once per pass with their count.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,15 +32,81 @@ def _decode_errors() -> tuple[type[BaseException], ...]:
     return (*_DECODE_ERRORS, Image.DecompressionBombError)
 
 
+class ClassFolders(NamedTuple):
+    """The class folders of an image folder (what :func:`scan_class_folders` finds).
+
+    Attributes:
+        images: ``{class name: [image paths, sorted]}`` of the class folders holding images,
+            sorted by name.
+        empty: the names of the class folders without any image, sorted.
+    """
+
+    images: dict[str, list[str]]
+    empty: list[str]
+
+
+def scan_class_folders(
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> ClassFolders:
+    """The images of each class folder of ``root``, and the class folders without any.
+
+    Every direct sub-folder of ``root`` is a class (sorted by name); its images are the files
+    below it (recursively, symbolic links followed) whose suffix is in ``extensions`` (any
+    case). Hidden files and folders (``.name``) are skipped; a class folder without an image
+    is listed in :attr:`ClassFolders.empty`.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: ``root`` holds no class folder with an image.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for name in ("b/1.png", "a/x/2.png", "a/3.txt", "c/4.txt"):
+        ...         Path(root, name).parent.mkdir(parents=True, exist_ok=True)
+        ...         Image.new("L", (2, 2)).save(Path(root, name)) if name.endswith("png") else None
+        ...     found = scan_class_folders(root)
+        ...     {name: [Path(p).name for p in paths] for name, paths in found.images.items()}
+        {'a': ['2.png'], 'b': ['1.png']}
+        >>> found.empty
+        ['c']
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    suffixes = tuple(ext.lower() for ext in extensions)
+    classes: dict[str, list[str]] = {}
+    empty: list[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        paths = []
+        for folder, subfolders, files in os.walk(entry.path, followlinks=True):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            paths += [
+                os.path.join(folder, name)
+                for name in sorted(files)
+                if not name.startswith(".") and name.lower().endswith(suffixes)
+            ]
+        if paths:
+            classes[entry.name] = paths
+        else:
+            empty.append(entry.name)
+    if not classes:
+        raise ValueError(
+            f"image folder {str(root)!r} holds no class sub-folder with images "
+            f"(suffixes {list(suffixes)}; {len(empty)} class folder(s) without one)"
+        )
+    return ClassFolders(classes, empty)
+
+
 def scan_image_folder(
     root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
 ) -> dict[str, list[str]]:
     """The images of each class folder of ``root``: ``{class name: [paths, sorted]}``.
 
-    Every direct sub-folder of ``root`` is a class (sorted by name); its images are the files
-    below it (recursively, symbolic links followed) whose suffix is in ``extensions`` (any
-    case). Hidden files and folders (``.name``) are skipped; classes without an image are left
-    out.
+    :func:`scan_class_folders`' ``images``: class folders without an image are left out.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -57,30 +123,7 @@ def scan_image_folder(
         ...     {name: [Path(p).name for p in paths] for name, paths in classes.items()}
         {'a': ['2.png'], 'b': ['1.png']}
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
-    suffixes = tuple(ext.lower() for ext in extensions)
-    classes: dict[str, list[str]] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        paths = []
-        for folder, subfolders, files in os.walk(entry.path, followlinks=True):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            paths += [
-                os.path.join(folder, name)
-                for name in sorted(files)
-                if not name.startswith(".") and name.lower().endswith(suffixes)
-            ]
-        if paths:
-            classes[entry.name] = paths
-    if not classes:
-        raise ValueError(
-            f"image folder {str(root)!r} holds no class sub-folder with images "
-            f"(suffixes {list(suffixes)})"
-        )
-    return classes
+    return scan_class_folders(root, extensions).images
 
 
 def is_readable_image(path: str) -> bool:

@@ -19,14 +19,18 @@ from marginkit.data.base import (
     EmbeddingDataModule,
     _base_arguments,
     _check_int,
+    config_key,
     fits_baseline_budget,
+    plural,
 )
 from marginkit.data.image_files import (
     IMAGE_EXTENSIONS,
+    ClassFolders,
     ImageFileDataset,
     ReportingDataLoader,
     collate_readable,
     is_readable_image,
+    scan_class_folders,
     scan_image_folder,
 )
 from marginkit.data.pairs import (
@@ -42,11 +46,13 @@ from marginkit.data.transforms import image_transform
 _ReportingLoader = ReportingDataLoader
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ClassFolders",
     "ImageFileDataset",
     "ImageFolderDataModule",
     "ReportingDataLoader",
     "collate_readable",
     "is_readable_image",
+    "scan_class_folders",
     "scan_image_folder",
 ]
 
@@ -93,6 +99,15 @@ class ImageFolderDataModule(EmbeddingDataModule):
     warning counting them (and the pairs that named them); evaluation splits then keep every
     index they list.
 
+    Before training (:meth:`setup`), an evaluation split of fewer than 2 classes is refused
+    with a ``ValueError`` naming the key that made it (``data.val_ratio`` for a held-out
+    fraction, ``data.val_root``, ``data.val_pairs``), as is a training split that fills no
+    batch (``data.batch_size``) and a pair file that does not exist (``FileNotFoundError``) or
+    does not parse (the file and line). :meth:`summary` (logged when the loaders are first
+    asked for) counts each split's classes and images, the training batches of an epoch, the
+    unreadable images found so far, the class folders without images and the classes under
+    ``min_images_per_class``.
+
     The raw-input baseline (:meth:`baseline_features`) is the evaluation transform's output
     average-pooled to ``baseline_size`` × ``baseline_size`` and flattened (one extra pass over
     the split; rows of unreadable images are NaN); None when ``baseline_size`` is None or the
@@ -133,17 +148,20 @@ class ImageFolderDataModule(EmbeddingDataModule):
         >>> from pathlib import Path
         >>> from PIL import Image
         >>> with tempfile.TemporaryDirectory() as root:
-        ...     for c in range(6):
+        ...     for c in range(8):
         ...         Path(root, f"id{c}").mkdir()
         ...         for i in range(3):
-        ...             Image.new("RGB", (20, 20), (40 * c, i, 0)).save(Path(root, f"id{c}", f"{i}.png"))
-        ...     dm = ImageFolderDataModule(root, val_ratio=0.2, test_ratio=0.2, image_size=(16, 16),
-        ...                                batch_size=4, num_workers=0, pairs_per_fold=1, n_folds=2)
+        ...             Image.new("RGB", (20, 20), (30 * c, i, 0)).save(Path(root, f"id{c}", f"{i}.png"))
+        ...     Path(root, "no_images").mkdir()
+        ...     dm = ImageFolderDataModule(root, val_ratio=0.25, test_ratio=0.25, image_size=(16, 16),
+        ...                                batch_size=5, num_workers=0, pairs_per_fold=1, n_folds=2)
         ...     dm.setup("fit")
         ...     x, y = next(iter(dm.train_dataloader()))
         ...     x, y, index = next(iter(dm.val_dataloader()))
         >>> dm.num_classes, tuple(x.shape), index.tolist()
-        (4, (3, 3, 16, 16), [0, 1, 2])
+        (4, (6, 3, 16, 16), [0, 1, 2, 3, 4, 5])
+        >>> dm.summary()
+        'train 4 classes / 12 images -> 2 batches of 5 (2 dropped each epoch), val 2 classes / 6 images, test 2 classes / 6 images, 1 empty folder'
     """
 
     def __init__(
@@ -229,8 +247,12 @@ class ImageFolderDataModule(EmbeddingDataModule):
         self.transform(train=True), self.transform(train=False)  # validate the sizes now
         self._class_names: dict[str, list[str]] = {}
         self._scans: dict[str, dict[str, list[str]]] = {}
+        # Per scanned root: (class folders without images, classes under min_images_per_class).
+        self._left_out: dict[str, tuple[int, int]] = {}
+        self._n_dropped: dict[str, int] = {}  # unreadable images dropped by verify_images
 
     collate_fn = staticmethod(collate_readable)
+    item_noun = "image"
 
     # ------------------------------------------------------------------------------ sources
     def transform(self, train: bool) -> Callable[[Tensor], Tensor]:
@@ -245,11 +267,12 @@ class ImageFolderDataModule(EmbeddingDataModule):
         )
 
     def _scan(self, root: str) -> dict[str, list[str]]:
+        """The classes of ``root`` with at least ``min_images_per_class`` images (scanned once)."""
         if root not in self._scans:
-            classes = scan_image_folder(root, self.extensions)
+            found = scan_class_folders(root, self.extensions)
             kept = {
                 name: paths
-                for name, paths in classes.items()
+                for name, paths in found.images.items()
                 if len(paths) >= self.min_images_per_class
             }
             if not kept:
@@ -258,6 +281,7 @@ class ImageFolderDataModule(EmbeddingDataModule):
                     f"({self.min_images_per_class}) images"
                 )
             self._scans[root] = kept
+            self._left_out[root] = (len(found.empty), len(found.images) - len(kept))
         return self._scans[root]
 
     def _source(self, split: str) -> str:
@@ -315,7 +339,13 @@ class ImageFolderDataModule(EmbeddingDataModule):
             raise ValueError(
                 f"`{split}_pairs` needs `{split}_root` (or `root`): its images' folder"
             )
-        pairs = read_pairs(pair_file, self.pairs_format)  # type: ignore[arg-type]
+        key = config_key(f"{split}_pairs")
+        if not os.path.isfile(pair_file):  # type: ignore[arg-type]
+            raise FileNotFoundError(f"{key} {str(pair_file)!r} does not exist or is not a file")
+        try:
+            pairs = read_pairs(pair_file, self.pairs_format)  # type: ignore[arg-type]
+        except ValueError as error:  # the message names the file and the line
+            raise ValueError(f"{key}: {error}") from error
         relative: dict[str, int] = {}
         for pair in pairs:
             for path in (pair.first, pair.second):
@@ -344,12 +374,6 @@ class ImageFolderDataModule(EmbeddingDataModule):
             paths, labels, index_pairs = self._drop_unreadable(stage, paths, labels, index_pairs)
         label_tensor = torch.tensor(labels, dtype=torch.long)
         if stage == "train":
-            if self.n_instances is not None and len(names) < self.batch_size // self.n_instances:
-                raise ValueError(
-                    f"P×K batches need `batch_size // n_instances` = "
-                    f"{self.batch_size // self.n_instances} classes, the training split has "
-                    f"{len(names)}"
-                )
             self._train_labels = label_tensor
             self._num_classes = len(names)
         self._class_names[stage] = names
@@ -376,6 +400,7 @@ class ImageFolderDataModule(EmbeddingDataModule):
             if ok:
                 new_index[old] = len(new_index)
         bad = [path for path, ok in zip(paths, readable, strict=True) if not ok]
+        self._n_dropped[stage] = len(bad)
         message = f"dropped {len(bad)} unreadable image(s) of the {stage} split (e.g. {bad[:3]})"
         if index_pairs is not None:
             kept = [
@@ -410,6 +435,54 @@ class ImageFolderDataModule(EmbeddingDataModule):
 
     def _make_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         return ReportingDataLoader(dataset, **kwargs, **self._loader_kwargs())
+
+    # ------------------------------------------------------------------------ setup checks
+    def _too_few_classes(self, stage: str, n_classes: int) -> str:
+        need = "retrieval and verification need at least 2"
+        source = self._source(stage)
+        if source == "pairs":
+            return (
+                f"{config_key(f'{stage}_pairs')} ({str(self.pair_files[stage])!r}) names images "
+                f"of {plural(n_classes, 'folder')} (an image's folder is its class): {need}"
+            )
+        if source == "root":
+            return (
+                f"{config_key(f'{stage}_root')} ({str(self.roots[stage])!r}) has "
+                f"{plural(n_classes, 'class folder')} with images: {need}"
+            )
+        n_total = len(self._scan(self.root))  # type: ignore[arg-type]
+        return (
+            f"{config_key(f'{stage}_ratio')} ({self.ratios[stage]}) holds out "
+            f"{n_classes} of the {n_total} classes of {config_key('root')} for the {stage} "
+            f"split: {need}; raise it, or give {config_key(f'{stage}_root')} or "
+            f"{config_key(f'{stage}_pairs')}"
+        )
+
+    def _split_note(self, stage: str) -> str:
+        pairs = self._pairs.get(stage)
+        if self._source(stage) != "pairs" or pairs is None:
+            return ""
+        name = os.path.basename(str(self.pair_files[stage]))
+        return f" ({plural(len(pairs.issame), 'pair')} of {name})"
+
+    def _summary_notes(self) -> list[str]:
+        n_unreadable = sum(self._n_dropped.values()) + sum(
+            int(dataset.unreadable.sum())  # type: ignore[attr-defined]
+            for dataset in self.datasets.values()
+        )
+        n_empty = sum(empty for empty, _ in self._left_out.values())
+        n_small = sum(small for _, small in self._left_out.values())
+        notes = []
+        if n_unreadable:
+            notes.append(plural(n_unreadable, "unreadable image"))
+        if n_empty:
+            notes.append(plural(n_empty, "empty folder"))
+        if n_small:
+            notes.append(
+                f"{plural(n_small, 'class', 'classes')} under "
+                f"{config_key('min_images_per_class')} ({self.min_images_per_class}) left out"
+            )
+        return notes
 
     # ----------------------------------------------------------------------------- accessors
     def labels(self, stage: str) -> Tensor:
