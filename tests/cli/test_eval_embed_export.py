@@ -341,7 +341,7 @@ def _image(path: Path, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    """A SmallCNN checkpoint (one step on 6 identity folders) and an LFW-like pair-file set."""
+    """A SmallCNN checkpoint (one step on 8 identity folders) and an LFW-like pair-file set."""
     import lightning as L
 
     from marginkit import EmbeddingModule
@@ -349,7 +349,7 @@ def image_run(tmp_path_factory):
 
     L.seed_everything(0, verbose=False)
     folder = tmp_path_factory.mktemp("images")
-    for identity in range(6):
+    for identity in range(8):  # 4 to train, 2 to validate, 2 to test (2 classes at least)
         for number in range(3):
             _image(folder / "train" / f"id{identity}" / f"{number}.png", 10 * identity + number)
     lfw = folder / "lfw"
@@ -367,8 +367,8 @@ def image_run(tmp_path_factory):
 
     datamodule = ImageFolderDataModule(
         root=str(folder / "train"),
-        val_ratio=0.2,
-        test_ratio=0.2,
+        val_ratio=0.25,
+        test_ratio=0.25,
         image_size=(12, 12),
         batch_size=4,
         eval_batch_size=4,

@@ -128,7 +128,10 @@ def test_a_separate_root_or_pair_file_of_one_class(tmp_path):
         match=r"^`data.test_pairs` \('.*pairs.csv'\) names images of "
         r"1 folder",
     ):
-        dm.setup("test")
+        dm.setup("fit")
+    embed_only = _dm(None, test_root=str(single), test_pairs=str(pairs))
+    embed_only.setup("test")  # evaluation alone builds what it is given (embed.py)
+    assert len(embed_only.paths("test")) == 3
 
 
 def test_digits_with_one_evaluation_class_names_data_eval_classes():

@@ -157,10 +157,10 @@ class EmbeddingDataModule(L.LightningDataModule):
       as indices, in protocol order (a pair file's, or a seeded balanced list).
     - **Raw-input baseline.** :meth:`baseline_features` gives the inputs of an evaluation split
       as (N, F) float vectors, to compare the model's metrics with those of the raw inputs.
-    - **Checked before the first step.** :meth:`setup` refuses, with a ``ValueError`` naming
-      the config key (``data.<argument>``), a training split that fills no batch (on every
-      rank, P×K batches included) and an evaluation split of fewer than 2 classes (where every
-      retrieval and verification metric is trivially perfect or undefined).
+    - **Checked before the first step.** ``setup("fit")`` refuses, with a ``ValueError``
+      naming the config key (``data.<argument>``), a training split that fills no batch (on
+      every rank, P×K batches included) and a val or test split of fewer than 2 classes (where
+      every retrieval and verification metric is trivially perfect or undefined).
     - **Summary.** :meth:`summary` describes the built splits in one line (classes and items,
       the batches of a training epoch, what was left out); it is logged (rank zero, INFO) the
       first time Lightning asks for a loader.
@@ -262,11 +262,12 @@ class EmbeddingDataModule(L.LightningDataModule):
 
         ``fit`` builds all three splits (train, val and test: a test split that cannot be built
         or scored fails before training, not after it), ``validate`` the val split, ``test``
-        and ``predict`` the test split; None all three. Then every evaluation split of the
-        stage must hold at least 2 classes and the training split must fill at least one batch
-        on every rank (:meth:`training_epoch`); otherwise ``ValueError`` names the config key
-        to change. Building is done once per split; the checks run on every call (Lightning's
-        own ``setup`` call knows the number of ranks).
+        and ``predict`` the test split; None all three. Before training (``fit`` or None) the
+        val and test splits must hold at least 2 classes and the training split must fill at
+        least one batch on every rank (:meth:`training_epoch`); otherwise ``ValueError`` names
+        the config key to change. (An evaluation-only stage builds what it is given: embedding
+        a one-class folder is legitimate.) Splits are built once; the checks run on every call
+        (Lightning's own ``setup`` call knows the number of ranks).
         """
         needed = {
             "fit": STAGES,
@@ -277,13 +278,13 @@ class EmbeddingDataModule(L.LightningDataModule):
         for split in needed:
             if split not in self.datasets:
                 self._build(split)
-        for split in needed:
-            if split in EVAL_STAGES:
-                n_classes = int(self.labels(split).unique().numel())
-                if n_classes < 2:
-                    raise ValueError(self._too_few_classes(split, n_classes))
-        if "train" in needed:
-            self.training_epoch()
+        if "train" not in needed:
+            return
+        for split in EVAL_STAGES:
+            n_classes = int(self.labels(split).unique().numel())
+            if n_classes < 2:
+                raise ValueError(self._too_few_classes(split, n_classes))
+        self.training_epoch()
 
     def training_epoch(self) -> TrainingEpoch:
         """The batches of one training epoch on each rank (after ``setup("fit")``).

@@ -99,7 +99,7 @@ class ImageFolderDataModule(EmbeddingDataModule):
     warning counting them (and the pairs that named them); evaluation splits then keep every
     index they list.
 
-    Before training (:meth:`setup`), an evaluation split of fewer than 2 classes is refused
+    Before training (``setup("fit")``), an evaluation split of fewer than 2 classes is refused
     with a ``ValueError`` naming the key that made it (``data.val_ratio`` for a held-out
     fraction, ``data.val_root``, ``data.val_pairs``), as is a training split that fills no
     batch (``data.batch_size``) and a pair file that does not exist (``FileNotFoundError``) or
