@@ -327,8 +327,7 @@ class EmbeddingDataModule(L.LightningDataModule):
 
     def _balanced_sampler(self, num_replicas: int, rank: int) -> BalancedBatchSampler:
         """The P×K batch sampler of the training split; ``ValueError`` naming the config keys."""
-        n_instances = self.n_instances
-        assert n_instances is not None
+        n_instances = int(self.n_instances)  # type: ignore[arg-type]
         n_labels = self.batch_size // n_instances
         sizes = torch.bincount(self.train_labels)
         sizes = sizes[sizes > 0]
@@ -357,7 +356,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         """One line on the built splits: classes and items, a training epoch, what was left out.
 
         E.g. ``train 24 classes / 241 images -> 1 batch of 128 (113 dropped each epoch), val 3
-        classes / 30 images, test 3 classes / 30 images, 1 unreadable, 1 empty folder``.
+        classes / 30 images, test 3 classes / 30 images, 1 unreadable image, 1 empty folder``
+        (:meth:`training_epoch` per rank under DDP; what is left out comes from the subclass).
 
         Example:
             >>> from marginkit.data import SyntheticDataModule
