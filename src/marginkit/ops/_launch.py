@@ -34,6 +34,7 @@ __all__ = [
     "row_alignment",
     "split_columns",
     "split_float",
+    "traceable",
     "unit_column_stride",
     "wanted_programs",
 ]
@@ -134,6 +135,28 @@ def device_guard(tensor: Tensor) -> contextlib.AbstractContextManager:
     if tensor.device.type != "cuda":
         return contextlib.nullcontext()
     return torch.cuda.device(tensor.device)
+
+
+def traceable(kernel: object, tensor: Tensor) -> object:
+    """``wrap_triton(kernel)``: the kernel as a ``triton_op`` body launches it (``[grid](...)``).
+
+    Compiled kernels under a fake-tensor trace (the op's fake kernel, ``make_fx``, Inductor)
+    become a traced higher-order op that computes nothing. Interpreted kernels are returned as
+    they are and cannot run on fake tensors, so there the launch is skipped instead: a fake
+    kernel only allocates its outputs.
+    """
+    from torch._subclasses.fake_tensor import is_fake
+    from torch.library import wrap_triton
+
+    wrapped = wrap_triton(kernel)
+    if wrapped is kernel and is_fake(tensor):
+        return _NoLaunch()
+    return wrapped
+
+
+class _NoLaunch:
+    def __getitem__(self, _grid: tuple[int, ...]):
+        return lambda *_args, **_kwargs: None
 
 
 def column_index(target_col: Tensor, n_cols: int) -> Tensor:

@@ -44,7 +44,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from marginkit.ops import _launch
 from marginkit.ops._dtypes import accumulation_dtype
@@ -558,7 +557,7 @@ def _forward(
     part_max = torch.empty(n_rows, grid[1], dtype=acc, device=device)
     part_sum = torch.empty(n_rows, grid[1], dtype=acc, device=device)
     with _launch.device_guard(embeddings):
-        wrap_triton(_linear_lse_partial_kernel)[grid](
+        _launch.traceable(_linear_lse_partial_kernel, embeddings)[grid](
             *_common_arguments(
                 embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale
             ),
@@ -607,10 +606,10 @@ def _backward(
     accum = torch.zeros(n_classes, dim, dtype=acc, device=device)
     grad_weight = accum if weight.dtype == acc else torch.empty_like(accum, dtype=weight.dtype)
     with _launch.device_guard(embeddings):
-        wrap_triton(_linear_grad_embeddings_kernel)[grid_e](
+        _launch.traceable(_linear_grad_embeddings_kernel, embeddings)[grid_e](
             *common, lse, partial, classes_per_split, **options
         )
-        wrap_triton(_linear_grad_weight_kernel)[grids["grad_weight"][0]](
+        _launch.traceable(_linear_grad_weight_kernel, embeddings)[grids["grad_weight"][0]](
             *common, lse, row_coef, accum, grad_weight, 1.0 / NORM_EPS, **options
         )
     # The splits in a fixed order, then each row's coefficient in the accumulation dtype.

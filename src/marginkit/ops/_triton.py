@@ -61,7 +61,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from marginkit.ops import _launch
 from marginkit.ops._dtypes import accumulation_dtype
@@ -482,7 +481,7 @@ def _row_statistics(
             torch.empty(n_rows, splits, dtype=acc_dtype, device=device) if row_sum else lse
         )
     with _launch.device_guard(logits):
-        wrap_triton(_row_lse_partial_kernel)[_launch.check_grid((n_rows, splits))](
+        _launch.traceable(_row_lse_partial_kernel, logits)[_launch.check_grid((n_rows, splits))](
             logits,
             _launch.column_index(target_col, n_cols),
             lse,
@@ -508,7 +507,7 @@ def _row_statistics(
         )
         if splits > 1:
             block_n, block_splits = combine_tile(n_rows, splits)
-            wrap_triton(_combine_lse_partials_kernel)[
+            _launch.traceable(_combine_lse_partials_kernel, logits)[
                 _launch.check_grid((_launch.cdiv(n_rows, block_n),))
             ](
                 partial_max,
@@ -612,7 +611,7 @@ def _write_row_softmax(
         column_category if has_category else None, row_category, target_col
     )
     with _launch.device_guard(logits):
-        wrap_triton(_write_row_softmax_kernel)[_launch.check_grid((n_rows, splits))](
+        _launch.traceable(_write_row_softmax_kernel, logits)[_launch.check_grid((n_rows, splits))](
             logits,
             _launch.column_index(target_col, n_cols),
             lse,
