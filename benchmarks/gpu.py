@@ -254,6 +254,7 @@ def check_opcheck(table: Table, device: str) -> None:
             8.0,
             None,
             None,
+            True,
         ),
     }
     for name, args in cases.items():
@@ -359,21 +360,19 @@ def repeatability(table: Table, sizes: dict, device: str) -> None:
     target = _targets(n_rows, n_classes, device)
     lse = _linear_triton.row_logsumexp_linear(e, w, inv_e, inv_w, target, SCALE)
     coef = torch.linspace(-1, 1, n_rows, device=device)
-    runs = [
-        _linear_triton.row_logsumexp_linear_backward(e, w, inv_e, inv_w, target, lse, coef, SCALE)
-        for _ in range(2)
-    ]
-    same = all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
     size = f"N={n_rows} C={n_classes} D={dim}"
-    table.add(
-        "d",
-        "linear bwd twice",
-        size,
-        "bfloat16",
-        "bitwise equal" if same else "differs",
-        "bitwise equal",
-        "ok" if same else "FAIL",
-    )
+    for deterministic, target_text in ((True, "bitwise equal"), (False, "(atomics: may differ)")):
+        runs = [
+            _linear_triton.row_logsumexp_linear_backward(
+                e, w, inv_e, inv_w, target, lse, coef, SCALE, deterministic=deterministic
+            )
+            for _ in range(2)
+        ]
+        same = all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+        path = "two-pass" if deterministic else "atomics"
+        verdict = ("ok" if same else "FAIL") if deterministic else ""
+        value = "bitwise equal" if same else "differs"
+        table.add("d", f"linear bwd twice ({path})", size, "bfloat16", value, target_text, verdict)
     logits = (torch.rand(n_rows, n_classes, device=device) * 2 - 1).to(torch.bfloat16)
     lse, _ = _triton.row_statistics_excluding_target(logits, target, SCALE)
     outs = [
@@ -486,6 +485,24 @@ def linear_timings(table: Table, sizes: dict, device: str) -> None:
         [embeddings, weight],
     )
     fused_ms = bench(fused, device)
+    with torch.no_grad():
+        from marginkit.ops import _linear_triton
+
+        acc = torch.float32
+        inv_e = 1 / embeddings.detach().to(acc).norm(dim=1)
+        inv_w = 1 / weight.detach().to(acc).norm(dim=1)
+        args = (embeddings.detach(), weight.detach(), inv_e, inv_w, label)
+        lse = _linear_triton.row_logsumexp_linear(*args, SCALE)
+        coef = torch.full((n_rows,), SCALE / n_rows, device=device)
+        for deterministic in (False, True):
+            ms = bench(
+                lambda d=deterministic: _linear_triton.row_logsumexp_linear_backward(
+                    *args, lse, coef, SCALE, deterministic=d
+                ),
+                device,
+            )
+            path = "two passes, deterministic" if deterministic else "one pass + relaxed atomics"
+            table.add("e", f"linear kernel bwd ({path})", size, _name(dtype), f"{ms:.2f} ms")
     table.add(
         "e",
         "linear op fwd+bwd (Triton)",

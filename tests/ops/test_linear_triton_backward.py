@@ -38,9 +38,10 @@ def kernel_inputs(n_rows, n_classes, dim, dtype, seed=0):
     return embeddings, weight, inv_e, inv_w, target
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "two-pass"])
 @pytest.mark.parametrize("tiles", list(TILE_SETS.values()), ids=list(TILE_SETS))
 @pytest.mark.parametrize("loss_scale", [1e-5, 1e-3, 1.0, 2.0**10], ids=str)
-def test_float16_backward_matches_torch_at_every_loss_scale(loss_scale, tiles):
+def test_float16_backward_matches_torch_at_every_loss_scale(loss_scale, tiles, deterministic):
     """exp(s·x − R) ∈ [0, 1] goes into the dot and c is applied in fp32: nothing flushes."""
     from marginkit.ops import _linear_triton
 
@@ -52,7 +53,12 @@ def test_float16_backward_matches_torch_at_every_loss_scale(loss_scale, tiles):
     coef = scale * loss_scale / n_rows * torch.linspace(0.5, 1.0, n_rows)
     want = _linear_cpu.row_logsumexp_linear_backward(*args, lse, coef, scale)
     got = _linear_triton.row_logsumexp_linear_backward(
-        *(t.to(DEVICE) for t in args), lse.to(DEVICE), coef.to(DEVICE), scale, tiles=tiles
+        *(t.to(DEVICE) for t in args),
+        lse.to(DEVICE),
+        coef.to(DEVICE),
+        scale,
+        tiles=tiles,
+        deterministic=deterministic,
     )
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float16
     for tensor, reference in zip(got, want, strict=True):
@@ -83,6 +89,22 @@ def test_backward_is_bitwise_repeatable_under_deterministic_algorithms(tiles):
         torch.testing.assert_close(tensor.cpu(), reference, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "two-pass"])
+def test_backward_paths_match_torch_in_float64(deterministic):
+    from marginkit.ops import _linear_triton
+
+    embeddings, weight, inv_e, inv_w, target = kernel_inputs(18, 50, 20, torch.float64)
+    args = (embeddings, weight, inv_e, inv_w, target)
+    lse = _linear_cpu.row_logsumexp_linear(*args, 20.0)
+    coef = torch.linspace(-1.0, 1.0, 18, dtype=torch.float64)
+    want = _linear_cpu.row_logsumexp_linear_backward(*args, lse, coef, 20.0)
+    got = _linear_triton.row_logsumexp_linear_backward(
+        *args, lse, coef, 20.0, tiles=(16, 32, 16, 1), deterministic=deterministic
+    )
+    for tensor, reference in zip(got, want, strict=True):
+        torch.testing.assert_close(tensor, reference, rtol=1e-12, atol=1e-12)
+
+
 def test_backward_splits_of_the_embedding_pass_match_one_split():
     from marginkit.ops import _linear_triton
 
@@ -93,7 +115,7 @@ def test_backward_splits_of_the_embedding_pass_match_one_split():
     want = _linear_cpu.row_logsumexp_linear_backward(*args, lse, coef, 20.0)
     for splits in (1, 2, 4):
         got = _linear_triton.row_logsumexp_linear_backward(
-            *args, lse, coef, 20.0, tiles=(16, 16, 16, 1), num_splits=splits
+            *args, lse, coef, 20.0, tiles=(16, 16, 16, 1), num_splits=splits, deterministic=True
         )
         for tensor, reference in zip(got, want, strict=True):
             torch.testing.assert_close(tensor, reference, rtol=1e-12, atol=1e-12)
@@ -141,7 +163,7 @@ def test_triton_ops_pass_opcheck():
     coef = torch.linspace(-1.0, 1.0, 9, device=DEVICE)
     torch.library.opcheck(
         torch.ops.marginkit.triton_linear_logsumexp_backward.default,
-        (*args, lse, coef, 8.0, None, None),
+        (*args, lse, coef, 8.0, None, None, True),
         test_utils=checks,
     )
 

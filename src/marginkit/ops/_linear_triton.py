@@ -11,17 +11,20 @@ copied), with int64 row offsets computed once per tile and int32 indices in the 
 * forward, :func:`row_logsumexp_linear`: program (row tile, class split) walks its classes
   tile by tile with an online log-sum-exp and writes one ``(max, sum)`` pair per row; a second
   step combines the splits (:math:`R = M + \log\sum_k \sigma_k e^{m_k - M}`);
-* backward, :func:`row_logsumexp_linear_backward`, two passes and **no atomics** (the result
-  is bitwise repeatable, so ``torch.use_deterministic_algorithms(True)`` needs nothing else):
+* backward, :func:`row_logsumexp_linear_backward`. The weight pass, program (class tile), owns
+  its classes: for each row tile it recomputes :math:`E = e^{s x - R} \in [0, 1]` (0 at the
+  target) and adds :math:`(E \odot c/\gamma)^\top \hat E_{rows}\cdot\gamma` with
+  :math:`\gamma` the tile's largest :math:`|c_i|`, then takes the normalisation's backward (the
+  tangential projection) in its epilogue and writes the weight gradient in the weight's dtype:
+  no atomics. The embedding gradient :math:`c \odot (E\hat W)` is either
 
-  - the embedding pass, program (row tile, class split), owns its rows: for each class tile it
-    recomputes :math:`E = e^{s x - R} \in [0, 1]` (0 at the target) and adds :math:`E\hat W`
-    into its split's ``(N, D)`` partial; the partials are summed in a fixed order and each row
-    multiplied by its coefficient :math:`c_i` in fp32 afterwards;
-  - the weight pass, program (class tile), owns its classes: for each row tile it adds
-    :math:`(E \odot c/\gamma)^\top \hat E_{rows}\cdot\gamma` with :math:`\gamma` the tile's
-    largest :math:`|c_i|`, then takes the normalisation's backward (the tangential projection)
-    in its epilogue and writes the weight gradient in the weight's dtype.
+  - added by the same pass with relaxed (``sem="relaxed"``) atomic adds into one fp32
+    ``(N, D)`` buffer: the default, one pass, last bits vary between runs; or
+  - under ``torch.use_deterministic_algorithms(True)`` (or ``deterministic=True``) computed
+    by a second pass, program (row tile, class split), that owns its rows and writes its
+    split's ``(N, D)`` partial; the partials are summed in a fixed order. Bitwise repeatable.
+
+  Each row's coefficient :math:`c_i` is applied in fp32 afterwards.
 
   The operand of each ``tl.dot`` is thus :math:`E` (or :math:`E c/\gamma`) in ``[-1, 1]`` in the
   input dtype, never :math:`c\,E`: with :math:`c \approx s/N` (a mean loss) and no loss scale,
@@ -339,19 +342,24 @@ def _linear_grad_weight_kernel(
     coef_ptr,
     accum_ptr,
     out_ptr,
+    grad_e_ptr,
     norm_floor,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    FUSE_EMBEDDINGS: tl.constexpr,
 ):
-    """``out[cols] = project(Σ_{row tiles} γ · (E ⊙ c/γ)ᵀ Ê)`` for one class tile, no atomics.
+    """``out[cols] = project(Σ_{row tiles} γ · (E ⊙ c/γ)ᵀ Ê)`` for one class tile.
 
     ``accum`` is a zeroed contiguous ``(C, D)`` accumulation-dtype buffer (``out`` itself when
-    the weight has that dtype); the epilogue applies
+    the weight has that dtype), written by this program only; the epilogue applies
     :math:`g \\leftarrow (g - (g\\cdot\\hat w)\\hat w)\\,b` (only the division for weights whose
-    inverse norm reached ``norm_floor``) and stores ``out`` ``(C, D)`` contiguous.
+    inverse norm reached ``norm_floor``) and stores ``out`` ``(C, D)`` contiguous. With
+    ``FUSE_EMBEDDINGS`` the program also adds ``E Ŵ_tile`` into the zeroed ``(N, D)``
+    ``grad_e`` with relaxed atomic adds (the fast, not bitwise repeatable, path: one pass
+    instead of two); without it ``grad_e`` is not touched.
     """
     class_tile = tl.program_id(0)
     acc_dtype: tl.constexpr = lse_ptr.dtype.element_ty
@@ -398,7 +406,9 @@ def _linear_grad_weight_kernel(
         gamma = tl.max(tl.abs(coef), axis=0)
         ratio = coef / tl.where(gamma > 0, gamma, 1.0)
         weighted = (probs * ratio[:, None]).to(dot_dtype)
-        if tl.max(tl.max(tl.abs(weighted.to(acc_dtype)), axis=1), axis=0) > 0:
+        probs = probs.to(dot_dtype)
+        # |E c/γ| <= E: a tile whose E rounds to zero adds nothing to either gradient.
+        if tl.max(tl.max(probs.to(acc_dtype), axis=1), axis=0) > 0:
             for d0 in range(0, dim, BLOCK_D):
                 d = d0 + offsets
                 d_ok = d < dim
@@ -410,6 +420,16 @@ def _linear_grad_weight_kernel(
                 part = tl.dot(tl.trans(weighted), unit_e, input_precision=DOT_PRECISION)
                 total += part.to(acc_dtype) * gamma
                 tl.store(acc, total, mask=mask)
+                if FUSE_EMBEDDINGS:
+                    w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col)
+                    unit_w = (w.to(acc_dtype) * inv_w[:, None]).to(dot_dtype)
+                    grad_e = tl.dot(probs, unit_w, input_precision=DOT_PRECISION)
+                    tl.atomic_add(
+                        grad_e_ptr + rows.to(tl.int64)[:, None] * dim + d[None, :],
+                        grad_e.to(acc_dtype),
+                        mask=row_ok[:, None] & d_ok[None, :],
+                        sem="relaxed",
+                    )
     # Epilogue: through the normalisation, g ← (g − (g·ŵ) ŵ) b, a BLOCK_D slice at a time.
     along = tl.zeros([BLOCK_C], dtype=acc_dtype)
     for d0 in range(0, dim, BLOCK_D):
@@ -584,6 +604,7 @@ def _backward(
     scale: float,
     tiles: list[int] | None,
     num_splits: int | None,
+    deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
     """The body of ``marginkit::triton_linear_logsumexp_backward``."""
     acc = accumulation_dtype(weight.dtype)
@@ -602,18 +623,30 @@ def _backward(
     )
     lse = lse.to(acc).contiguous()
     row_coef = row_coef.to(acc).contiguous()
-    partial = torch.zeros(grid_e[1], n_rows, dim, dtype=acc, device=device)
+    # Deterministic: the embedding pass writes per-split partials. Fast: the weight pass adds
+    # the embedding gradient with relaxed atomics into one (N, D) buffer.
+    fused = not deterministic
+    partial = torch.zeros(1 if fused else grid_e[1], n_rows, dim, dtype=acc, device=device)
     accum = torch.zeros(n_classes, dim, dtype=acc, device=device)
     grad_weight = accum if weight.dtype == acc else torch.empty_like(accum, dtype=weight.dtype)
     with _launch.device_guard(embeddings):
-        _launch.traceable(_linear_grad_embeddings_kernel, embeddings)[grid_e](
-            *common, lse, partial, classes_per_split, **options
-        )
+        if not fused:
+            _launch.traceable(_linear_grad_embeddings_kernel, embeddings)[grid_e](
+                *common, lse, partial, classes_per_split, **options
+            )
         _launch.traceable(_linear_grad_weight_kernel, embeddings)[grids["grad_weight"][0]](
-            *common, lse, row_coef, accum, grad_weight, 1.0 / NORM_EPS, **options
+            *common,
+            lse,
+            row_coef,
+            accum,
+            grad_weight,
+            partial,
+            1.0 / NORM_EPS,
+            FUSE_EMBEDDINGS=fused,
+            **options,
         )
     # The splits in a fixed order, then each row's coefficient in the accumulation dtype.
-    grad_unit_embeddings = partial.sum(dim=0) if grid_e[1] > 1 else partial[0]
+    grad_unit_embeddings = partial.sum(dim=0) if partial.shape[0] > 1 else partial[0]
     return grad_unit_embeddings.mul_(row_coef[:, None]), grad_weight
 
 
@@ -678,12 +711,16 @@ def row_logsumexp_linear_backward(
     *,
     tiles: tuple | None = None,
     num_splits: int | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""``c ⊙ (E Ŵ)`` and the projected ``Pᵀ Ê``, two passes without atomics (Triton).
+    r"""``c ⊙ (E Ŵ)`` and the projected ``Pᵀ Ê`` (Triton).
 
     Interface and maths: :meth:`marginkit.ops._kernels.LinearKernels.row_logsumexp_linear_backward`
     (``chunk_size`` unused; ``tiles`` and ``num_splits`` as in :func:`row_logsumexp_linear`).
-    Bitwise repeatable: every output element is written by one program, in a fixed order.
+    ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``) picks the two
+    atomics-free passes, bitwise repeatable; otherwise one pass adds the embedding gradient
+    with relaxed atomic adds (its last bits vary between runs; the weight gradient never uses
+    atomics).
 
     Example:
         >>> import torch
@@ -708,4 +745,5 @@ def row_logsumexp_linear_backward(
         scale,
         None if tiles is None else list(tiles),
         num_splits,
+        torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
     )
