@@ -24,7 +24,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import NamedTuple
+
+import torch
 
 from marginkit.ops import _cpu, _linear_cpu
 from marginkit.ops._kernels import CosineKernels, LinearKernels
@@ -95,3 +98,20 @@ def cuda_backend(_device_type: str, impl: str | None) -> Backend:
     if impl == "triton" or _triton_installed():
         return _triton_backend()
     return TORCH
+
+
+BackendPicker = Callable[[str, str | None], Backend]
+
+
+def custom_op_per_device(
+    name: str, kernel_for: Callable[[BackendPicker], Callable]
+) -> torch.library.CustomOpDef:
+    """``torch.library.custom_op(name)`` with a default and a CUDA kernel, the one pattern of every op.
+
+    ``kernel_for(pick_backend)`` builds the op's kernel around a backend picker: the default
+    kernel (CPU and any device without its own) gets :func:`default_backend`, the CUDA kernel
+    :func:`cuda_backend`; the dispatcher chooses by the inputs' device.
+    """
+    op = torch.library.custom_op(name, kernel_for(default_backend), mutates_args=())
+    op.register_kernel("cuda")(kernel_for(cuda_backend))
+    return op

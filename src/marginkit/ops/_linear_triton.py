@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 # Tiles (BLOCK_N, BLOCK_C, BLOCK_D, num_warps) by element size on CUDA: 64 × 128 × 64 half tiles
-# are the usual tensor-core shape; float32 (tf32x3) and float64 use smaller tiles to stay within
-# registers. Untuned: no GPU measured them yet (benchmarks/gpu.py prints their registers).
+# are the usual tensor-core shape; float32 (tf32x3) and float64 get smaller tiles, meant to stay
+# within registers. Untuned and unmeasured: benchmarks/gpu.py prints their registers and spills.
 CUDA_TILES = {2: (64, 128, 64, 8), 4: (64, 64, 32, 4), 8: (32, 32, 16, 4)}
 # Under the interpreter every tile is one numpy call: the smallest tl.dot shape.
 INTERPRETER_TILES = (16, 16, 16, 1)

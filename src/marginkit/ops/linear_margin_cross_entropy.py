@@ -49,7 +49,7 @@ from marginkit._validation import (
 )
 from marginkit.distributed import all_reduce_sum_replicated
 from marginkit.ops import _linear_cpu
-from marginkit.ops._backends import cuda_backend, default_backend
+from marginkit.ops._backends import BackendPicker, custom_op_per_device
 from marginkit.ops._distributed import combine_row_statistics, group_name, resolve_group
 from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._linear_cpu import project_to_tangent_
@@ -62,7 +62,7 @@ from marginkit.ops._margin import (
 )
 from marginkit.ops._targets import local_target_column
 from marginkit.ops.margin_cross_entropy import reduce_rows
-from marginkit.ops.target_logsumexp import BackendPicker, TargetLogSumExp
+from marginkit.ops.target_logsumexp import TargetLogSumExp
 
 __all__ = [
     "LinearTargetTerms",
@@ -214,10 +214,9 @@ def _forward_kernel(pick_backend: BackendPicker):
 
 
 # The default kernel (CPU and any non-CUDA device: chunked torch) and the CUDA one (Triton).
-linear_target_logsumexp_fwd = torch.library.custom_op(
-    "marginkit::linear_target_logsumexp_fwd", _forward_kernel(default_backend), mutates_args=()
+linear_target_logsumexp_fwd = custom_op_per_device(
+    "marginkit::linear_target_logsumexp_fwd", _forward_kernel
 )
-linear_target_logsumexp_fwd.register_kernel("cuda")(_forward_kernel(cuda_backend))
 
 
 @linear_target_logsumexp_fwd.register_fake
@@ -334,10 +333,9 @@ def _backward_kernel(pick_backend: BackendPicker):
     return backward
 
 
-linear_target_logsumexp_bwd = torch.library.custom_op(
-    "marginkit::linear_target_logsumexp_bwd", _backward_kernel(default_backend), mutates_args=()
+linear_target_logsumexp_bwd = custom_op_per_device(
+    "marginkit::linear_target_logsumexp_bwd", _backward_kernel
 )
-linear_target_logsumexp_bwd.register_kernel("cuda")(_backward_kernel(cuda_backend))
 
 
 @linear_target_logsumexp_bwd.register_fake

@@ -28,7 +28,6 @@ group (classes sharded over the ranks) only N-length vectors are all-reduced
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -45,7 +44,7 @@ from marginkit._validation import (
     check_option,
     check_process_group,
 )
-from marginkit.ops._backends import Backend, cuda_backend, default_backend
+from marginkit.ops._backends import BackendPicker, custom_op_per_device
 from marginkit.ops._distributed import combine_row_statistics, group_name, resolve_group
 from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._targets import gather_target, local_target_column
@@ -64,9 +63,6 @@ class TargetLogSumExp(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # The forward op: one N×C pass (chunked torch or Triton), N-length all-reduces under a group
 # ---------------------------------------------------------------------------------------------
-
-
-BackendPicker = Callable[[str, str | None], Backend]
 
 
 def _forward_kernel(pick_backend: BackendPicker):
@@ -111,10 +107,7 @@ def _forward_kernel(pick_backend: BackendPicker):
 
 
 # The default kernel (CPU and any non-CUDA device: chunked torch) and the CUDA one (Triton).
-target_logsumexp_fwd = torch.library.custom_op(
-    "marginkit::target_logsumexp_fwd", _forward_kernel(default_backend), mutates_args=()
-)
-target_logsumexp_fwd.register_kernel("cuda")(_forward_kernel(cuda_backend))
+target_logsumexp_fwd = custom_op_per_device("marginkit::target_logsumexp_fwd", _forward_kernel)
 
 
 @target_logsumexp_fwd.register_fake
@@ -173,10 +166,7 @@ def _backward_kernel(pick_backend: BackendPicker):
     return backward
 
 
-target_logsumexp_bwd = torch.library.custom_op(
-    "marginkit::target_logsumexp_bwd", _backward_kernel(default_backend), mutates_args=()
-)
-target_logsumexp_bwd.register_kernel("cuda")(_backward_kernel(cuda_backend))
+target_logsumexp_bwd = custom_op_per_device("marginkit::target_logsumexp_bwd", _backward_kernel)
 
 
 @target_logsumexp_bwd.register_fake
