@@ -508,42 +508,6 @@ def test_write_row_softmax_empty():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("n_cols", "element_size", "expected"),
-    [
-        (1_000_000, 2, (8192, 16)),
-        (1_000_000, 4, (4096, 8)),
-        (1_000_000, 8, (2048, 4)),
-        (4099, 4, (4096, 8)),
-        (1000, 2, (1024, 2)),
-        (5, 4, (16, 1)),
-    ],
-)
-def test_column_tile(n_cols, element_size, expected):
-    assert triton_ops._column_tile(n_cols, element_size, None) == expected
-
-
-@pytest.mark.parametrize(
-    ("n_cols", "block_c", "num_splits", "expected"),
-    [
-        (4099, 512, 3, (1536, 3)),  # 9 tiles: 3 + 3 + 3
-        (4099, 512, 100, (512, 9)),  # at most one split per tile
-        (4099, 512, 4, (1536, 3)),  # 3 + 3 + 3 covers the row: a 4th split would be empty
-        (100, 4096, 8, (4096, 1)),
-    ],
-)
-def test_split_columns(n_cols, block_c, num_splits, expected):
-    got = triton_ops._split_columns(8, n_cols, block_c, torch.device("cpu"), num_splits)
-    assert got == expected
-
-
-def test_split_float_keeps_float64_precision():
-    hi, lo = triton_ops._split_float(1 / 0.07)
-    assert hi == torch.tensor(1 / 0.07, dtype=torch.float32).item()
-    assert abs((hi + lo) - 1 / 0.07) < 1e-14 * (1 / 0.07)
-    assert triton_ops._split_float(64.0) == (64.0, 0.0)
-
-
 def test_import_marginkit_does_not_import_triton():
     code = "import sys, marginkit; assert 'triton' not in sys.modules, 'triton was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -135,19 +135,7 @@ def row_statistics_excluding_target(
     ``t_i`` outside ``[0, C)`` excludes nothing; a row whose every column is excluded gets
     ``R = -inf`` (and ``S = 0``).
 
-    Args:
-        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64.
-        target_col: ``(N,)`` int64 column to leave out per row.
-        scale: the factor ``s`` applied to every logit.
-        row_sum: also compute :math:`S` (else ``None`` is returned for it).
-        column_category: ``(C,)`` integer category :math:`\kappa(j)` of each column, or ``None``
-            (every column counts).
-        row_category: ``(N,)`` integer category :math:`\rho_i` of each row (with
-            ``column_category``).
-
-    Returns:
-        ``(R, S)``: ``(N,)`` float32 (float64 for float64 ``logits``); ``S`` is ``None`` without
-        ``row_sum``.
+    Interface, arguments and result: :meth:`marginkit.ops._kernels.CosineKernels.row_statistics_excluding_target`.
 
     Example:
         >>> import torch
@@ -218,20 +206,7 @@ def write_row_softmax(
     torch's own kernels. When ``out`` has the accumulation dtype it is its own scratch; otherwise
     one bounded chunk buffer is used.
 
-    Args:
-        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64.
-        target_col: ``(N,)`` int64 target column per row (outside ``[0, C)``: none).
-        lse: ``(N,)`` accumulation-dtype row log-sum-exp subtracted in the exponent.
-        row_coef: ``(N,)`` accumulation-dtype factor ``c_i`` of each row.
-        target_value: ``(N,)`` accumulation-dtype value ``v_i`` written at the target column.
-        scale: the factor ``s`` applied to every logit.
-        out: ``(N, C)`` float tensor receiving ``y``.
-        row_add: ``(N,)`` accumulation-dtype ``a_i`` added off target, or ``None``.
-        column_category: ``(C,)`` integer :math:`\kappa`, or ``None`` (every column matches).
-        row_category: ``(N,)`` integer :math:`\rho` (with ``column_category``).
-
-    Returns:
-        ``out``.
+    Interface, arguments and result: :meth:`marginkit.ops._kernels.CosineKernels.write_row_softmax`.
 
     Example:
         >>> import torch

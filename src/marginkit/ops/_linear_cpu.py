@@ -111,17 +111,7 @@ def row_logsumexp_linear(
     :math:`\sigma_i \leftarrow \sigma_i e^{m_i - m_i'} + \sum_j e^{z_{ij} - m_i'}`. A row with
     no column left gets :math:`-\infty`.
 
-    Args:
-        embeddings: ``(N, D)`` float16 / bfloat16 / float32 / float64.
-        weight: ``(C, D)`` of the same dtype.
-        inv_norm_embeddings: ``(N,)`` accumulation-dtype :math:`a_i`.
-        inv_norm_weight: ``(C,)`` accumulation-dtype :math:`b_j`.
-        target_col: ``(N,)`` int64 column to leave out per row.
-        scale: :math:`s`.
-        chunk_size: classes per block (``None``: from the memory budget).
-
-    Returns:
-        ``(N,)`` in the accumulation dtype (float64 for float64 inputs, float32 otherwise).
+    Interface, arguments and result: :meth:`marginkit.ops._kernels.LinearKernels.row_logsumexp_linear`.
 
     Example:
         >>> import torch
@@ -204,31 +194,15 @@ def row_logsumexp_linear_backward(
     scale: float,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""The backward of :math:`\sum_i c_i R_i / s`-style terms, blockwise.
+    r"""The backward of :math:`\sum_i c_i R_i / s`-style terms, blockwise: :math:`P\hat W` and
+    the projected :math:`P^\top\hat E` with :math:`P_{ij} = c_i e^{s x_{ij} - R_i}`.
 
-    With :math:`P_{ij} = c_i \exp(s x_{ij} - R_i)` off target and 0 at the target column
-    (for :math:`g = \partial\mathcal L/\partial R`, pass :math:`c = s g`), returns
-
-    .. math::
-        G^{\hat e} = P \hat W \ (N \times D), \qquad
-        \frac{\partial}{\partial w_j} = \big(G^{\hat w}_j - (G^{\hat w}_j\cdot\hat w_j)
-        \hat w_j\big) b_j \ (C \times D), \quad G^{\hat w} = P^\top \hat E:
-
-    the gradient with respect to the *unit* embeddings (the caller adds its own terms before
-    the normalisation's backward) and with respect to the *raw* weights (through the
-    normalisation, done here while each block is in cache). Per block:
+    Each weight block is taken through the normalisation while it is in cache. Per block:
     :math:`z = (s\hat E_b)\hat W_b^\top - R_b` in one ``addmm``, targets to :math:`-\infty`,
     ``exp_``, ``mul_(c)``, then two more matrix products.
 
-    Args:
-        embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale,
-        chunk_size: as in :func:`row_logsumexp_linear`.
-        lse: ``(N,)`` the forward's :math:`R`.
-        row_coef: ``(N,)`` :math:`c_i`.
-
-    Returns:
-        ``(grad_unit_embeddings (N, D) in the accumulation dtype, grad_weight (C, D) in the
-        weight's dtype)``.
+    Interface, arguments and result:
+    :meth:`marginkit.ops._kernels.LinearKernels.row_logsumexp_linear_backward`.
 
     Example:
         >>> import torch

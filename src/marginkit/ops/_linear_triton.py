@@ -1,31 +1,44 @@
 r"""Triton kernels of the normalised-linear log-sum-exp (CUDA; CPU under ``TRITON_INTERPRET=1``).
 
-The twins of :mod:`marginkit.ops._linear_cpu` (same signatures, same results), after Apple's Cut
-Cross-Entropy: 2-D tiles of ``BLOCK_N`` rows × ``BLOCK_C`` classes whose cosines are computed
-with ``tl.dot`` (tensor cores for float16 / bfloat16, fp32 accumulation; ``tf32x3`` for float32,
-about float32 accuracy; ``ieee`` for float64) over ``BLOCK_D`` slices of the embedding
-dimension, and never stored:
+The twins of :mod:`marginkit.ops._linear_cpu` (interface:
+:class:`marginkit.ops._kernels.LinearKernels`), after Apple's Cut Cross-Entropy: 2-D tiles of
+``BLOCK_N`` rows × ``BLOCK_C`` classes whose cosines are computed with ``tl.dot`` (tensor cores
+for float16 / bfloat16, fp32 accumulation; ``tf32x3`` for float32, about float32 accuracy;
+``ieee`` for float64) over ``BLOCK_D`` slices of the embedding dimension, and never stored.
+Both inputs are read through both of their strides (a transposed ``(D, C)`` weight is not
+copied), with int64 row offsets computed once per tile and int32 indices in the loops.
 
 * forward, :func:`row_logsumexp_linear`: program (row tile, class split) walks its classes
-  tile by tile with an online log-sum-exp (running max and sum per row) and writes one
-  ``(max, sum)`` pair per row; a second step combines the splits
-  (:math:`R = M + \log\sum_k \sigma_k e^{m_k - M}`);
-* backward, :func:`row_logsumexp_linear_backward`: program (row tile, class tile) recomputes
-  its cosines, forms :math:`P = c\,e^{s x - R}` (0 at the target) and adds
-  :math:`P\hat W_{tile}` into the ``(N, D)`` and :math:`P^\top\hat E_{tile}` into the ``(C, D)``
-  fp32 (fp64) gradient with atomic adds, one ``BLOCK_D`` slice at a time; the weight gradient
-  then goes through the normalisation's backward in torch. Atomic adds make the summation
-  order, hence the last bits, vary between runs.
+  tile by tile with an online log-sum-exp and writes one ``(max, sum)`` pair per row; a second
+  step combines the splits (:math:`R = M + \log\sum_k \sigma_k e^{m_k - M}`);
+* backward, :func:`row_logsumexp_linear_backward`. The weight pass, program (class tile), owns
+  its classes: for each row tile it recomputes :math:`E = e^{s x - R} \in [0, 1]` (0 at the
+  target) and adds :math:`(E \odot c/\gamma)^\top \hat E_{rows}\cdot\gamma` with
+  :math:`\gamma` the tile's largest :math:`|c_i|`, then takes the normalisation's backward (the
+  tangential projection) in its epilogue and writes the weight gradient in the weight's dtype:
+  no atomics. The embedding gradient :math:`c \odot (E\hat W)` is either
+
+  - added by the same pass with relaxed (``sem="relaxed"``) atomic adds into one fp32
+    ``(N, D)`` buffer: the default, one pass, last bits vary between runs; or
+  - under ``torch.use_deterministic_algorithms(True)`` (or ``deterministic=True``) computed
+    by a second pass, program (row tile, class split), that owns its rows and writes its
+    split's ``(N, D)`` partial; the partials are summed in a fixed order. Bitwise repeatable.
+
+  Each row's coefficient :math:`c_i` is applied in fp32 afterwards.
+
+  The operand of each ``tl.dot`` is thus :math:`E` (or :math:`E c/\gamma`) in ``[-1, 1]`` in the
+  input dtype, never :math:`c\,E`: with :math:`c \approx s/N` (a mean loss) and no loss scale,
+  :math:`c\,E` rounded to float16 would flush most entries to zero. Tiles whose :math:`E`
+  rounds to zero everywhere are skipped (exact: they add nothing).
 
 The cosine of a tile is the dot product of the *raw* rows scaled by both inverse norms after the
-fp32 accumulation (no rounding of normalised inputs in the forward); in the backward the tiles
-fed to ``tl.dot`` are normalised first (every value in ``[-1, 1]``, so nothing overflows float16)
-and :math:`P` is rounded to the input dtype, as flash-attention does with its probabilities.
+fp32 accumulation; in the backward the tiles fed to ``tl.dot`` are normalised first (every value
+in ``[-1, 1]``, so nothing overflows float16).
 
 Interpreter: numpy has no bfloat16 and the interpreter's bfloat16 ``tl.dot`` returns garbage, so
-under the interpreter bfloat16 tiles are converted to float32 just before the dot (``UPCAST``);
-compiled kernels use bfloat16 tensor cores. See :mod:`marginkit.ops._triton` for when the
-interpreter is on (``TRITON_INTERPRET=1`` before ``triton`` is first imported).
+under the interpreter bfloat16 tiles are converted to float32 just before the dot (``UPCAST``, a
+launch parameter); float16 and the wider dtypes run the GPU's code path. Launch choices live in
+:mod:`marginkit.ops._launch` and :func:`linear_grids`.
 """
 
 from __future__ import annotations
@@ -35,20 +48,23 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from marginkit.ops import _launch
 from marginkit.ops._dtypes import accumulation_dtype
-from marginkit.ops._linear_cpu import project_to_tangent_
-from marginkit.ops._triton import _check_launchable, _split_columns, _split_float
+from marginkit.ops._linear_cpu import NORM_EPS
 
-__all__ = ["row_logsumexp_linear", "row_logsumexp_linear_backward"]
+__all__ = [
+    "linear_grids",
+    "linear_launch_options",
+    "row_logsumexp_linear",
+    "row_logsumexp_linear_backward",
+]
 
 # Tiles (BLOCK_N, BLOCK_C, BLOCK_D, num_warps) by element size on CUDA: 64 × 128 × 64 half tiles
-# are the usual tensor-core shape; float32 (tf32x3) and float64 use smaller tiles to stay within
-# registers. Untuned: no GPU measured them yet.
-_CUDA_TILES = {2: (64, 128, 64, 8), 4: (64, 64, 32, 4), 8: (32, 32, 16, 4)}
+# are the usual tensor-core shape; float32 (tf32x3) and float64 get smaller tiles, meant to stay
+# within registers. Untuned and unmeasured: benchmarks/gpu.py prints their registers and spills.
+CUDA_TILES = {2: (64, 128, 64, 8), 4: (64, 64, 32, 4), 8: (32, 32, 16, 4)}
 # Under the interpreter every tile is one numpy call: the smallest tl.dot shape.
-_INTERPRETER_TILES = (16, 16, 16, 1)
-# Classes per step of the weight-gradient projection after the backward kernel.
-_PROJECTION_BLOCK = 8192
+INTERPRETER_TILES = (16, 16, 16, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,10 +73,10 @@ _PROJECTION_BLOCK = 8192
 
 
 @triton.jit
-def _load_slice(matrix_ptr, rows, row_ok, d, d_ok, stride):
-    """``matrix[rows, d]`` of a row-major matrix, 0 outside ``row_ok × d_ok``."""
+def _load_slice(row_ptrs, row_ok, d, d_ok, stride_col):
+    """``matrix[rows, d]`` from per-row base pointers, 0 outside ``row_ok × d_ok``."""
     return tl.load(
-        matrix_ptr + rows.to(tl.int64)[:, None] * stride + d[None, :],
+        row_ptrs[:, None] + d[None, :] * stride_col,
         mask=row_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
@@ -68,15 +84,13 @@ def _load_slice(matrix_ptr, rows, row_ok, d, d_ok, stride):
 
 @triton.jit
 def _tile_dots(
-    emb_ptr,
-    weight_ptr,
-    rows,
-    cols,
+    e_rows,
+    w_rows,
     row_ok,
     col_ok,
     dim,
-    stride_e,
-    stride_w,
+    stride_e_col,
+    stride_w_col,
     acc_dtype: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -90,13 +104,59 @@ def _tile_dots(
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + offsets
         d_ok = d < dim
-        e = _load_slice(emb_ptr, rows, row_ok, d, d_ok, stride_e)
-        w = _load_slice(weight_ptr, cols, col_ok, d, d_ok, stride_w)
+        e = _load_slice(e_rows, row_ok, d, d_ok, stride_e_col)
+        w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col)
         if UPCAST:
             e = e.to(acc_dtype)
             w = w.to(acc_dtype)
         dots = tl.dot(e, tl.trans(w), acc=dots, input_precision=DOT_PRECISION)
     return dots
+
+
+@triton.jit
+def _row_softmax_block(
+    e_rows,
+    w_rows,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    inv_e_ptr,
+    inv_w,
+    target,
+    lse,
+    scale,
+    dim,
+    stride_e_col,
+    stride_w_col,
+    acc_dtype: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``exp(s·cos − R)`` of a tile in ``acc_dtype``, in ``[0, 1]``; 0 at targets and outside."""
+    inv_e = tl.load(inv_e_ptr + rows, mask=row_ok, other=0.0)
+    dots = _tile_dots(
+        e_rows,
+        w_rows,
+        row_ok,
+        col_ok,
+        dim,
+        stride_e_col,
+        stride_w_col,
+        acc_dtype,
+        BLOCK_N,
+        BLOCK_C,
+        BLOCK_D,
+        DOT_PRECISION,
+        UPCAST,
+    )
+    exponent = dots * (inv_e * scale)[:, None] * inv_w[None, :] - lse[:, None]
+    keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != target[:, None])
+    # Excluded entries get exp(-inf) = 0 (their exponent is +inf where R = -inf).
+    return tl.exp(tl.where(keep, exponent, float("-inf")))
 
 
 @triton.jit
@@ -109,8 +169,10 @@ def _linear_lse_partial_kernel(
     n_rows,
     n_classes,
     dim,
-    stride_e,
-    stride_w,
+    stride_e_row,
+    stride_e_col,
+    stride_w_row,
+    stride_w_col,
     scale_hi,
     scale_lo,
     part_max_ptr,
@@ -134,6 +196,7 @@ def _linear_lse_partial_kernel(
     scale = tl.cast(scale_hi, acc_dtype) + tl.cast(scale_lo, acc_dtype)
     rows = row_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
+    e_rows = emb_ptr + rows.to(tl.int64) * stride_e_row
     row_factor = tl.load(inv_e_ptr + rows, mask=row_ok, other=0.0) * scale
     target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
     class_begin = split * classes_per_split
@@ -144,16 +207,15 @@ def _linear_lse_partial_kernel(
     for c0 in range(class_begin, class_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         col_ok = cols < class_end
+        w_rows = weight_ptr + cols.to(tl.int64) * stride_w_row
         dots = _tile_dots(
-            emb_ptr,
-            weight_ptr,
-            rows,
-            cols,
+            e_rows,
+            w_rows,
             row_ok,
             col_ok,
             dim,
-            stride_e,
-            stride_w,
+            stride_e_col,
+            stride_w_col,
             acc_dtype,
             BLOCK_N,
             BLOCK_C,
@@ -177,7 +239,7 @@ def _linear_lse_partial_kernel(
 
 
 @triton.jit
-def _linear_lse_backward_kernel(
+def _linear_grad_embeddings_kernel(
     emb_ptr,
     weight_ptr,
     inv_e_ptr,
@@ -186,116 +248,282 @@ def _linear_lse_backward_kernel(
     n_rows,
     n_classes,
     dim,
-    stride_e,
-    stride_w,
+    stride_e_row,
+    stride_e_col,
+    stride_w_row,
+    stride_w_col,
     scale_hi,
     scale_lo,
     lse_ptr,
-    coef_ptr,
-    grad_e_ptr,
-    grad_w_ptr,
+    partial_ptr,
+    classes_per_split,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """``grad_e += P Ŵ_tile``, ``grad_w += Pᵀ Ê_tile`` for one tile of rows × classes.
+    """``partial[split, rows] = Σ_{class tiles of the split} E Ŵ`` (no coefficient, no atomics).
 
-    ``P = c · exp(s·cos − R)`` off target, 0 at the target and outside the matrix. The
-    gradients are contiguous ``(N, D)`` / ``(C, D)`` buffers in the accumulation dtype.
+    ``partial`` is a zeroed contiguous ``(splits, N, D)`` accumulation-dtype buffer; this
+    program is the only one touching its ``(split, rows)`` block.
     """
     row_tile = tl.program_id(0)
-    class_tile = tl.program_id(1)
+    split = tl.program_id(1)
     acc_dtype: tl.constexpr = lse_ptr.dtype.element_ty
     dot_dtype: tl.constexpr = acc_dtype if UPCAST else emb_ptr.dtype.element_ty
     scale = tl.cast(scale_hi, acc_dtype) + tl.cast(scale_lo, acc_dtype)
     rows = row_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = class_tile * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < n_rows
-    col_ok = cols < n_classes
-    inv_e = tl.load(inv_e_ptr + rows, mask=row_ok, other=0.0)
-    inv_w = tl.load(inv_w_ptr + cols, mask=col_ok, other=0.0)
+    e_rows = emb_ptr + rows.to(tl.int64) * stride_e_row
+    out_rows = partial_ptr + (split.to(tl.int64) * n_rows + rows.to(tl.int64)) * dim
     target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
-
-    dots = _tile_dots(
-        emb_ptr,
-        weight_ptr,
-        rows,
-        cols,
-        row_ok,
-        col_ok,
-        dim,
-        stride_e,
-        stride_w,
-        acc_dtype,
-        BLOCK_N,
-        BLOCK_C,
-        BLOCK_D,
-        DOT_PRECISION,
-        UPCAST,
-    )
-    exponent = dots * (inv_e * scale)[:, None] * inv_w[None, :] - lse[:, None]
-    keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != target[:, None])
-    # Excluded entries get exp(-inf) = 0 (their exponent is +inf where R = -inf).
-    exponent = tl.where(keep, exponent, float("-inf"))
-    p = (coef[:, None] * tl.exp(exponent)).to(dot_dtype)
-
+    class_begin = split * classes_per_split
+    class_end = tl.minimum(class_begin + classes_per_split, n_classes)
     offsets = tl.arange(0, BLOCK_D)
+    for c0 in range(class_begin, class_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < class_end
+        w_rows = weight_ptr + cols.to(tl.int64) * stride_w_row
+        inv_w = tl.load(inv_w_ptr + cols, mask=col_ok, other=0.0)
+        probs = _row_softmax_block(
+            e_rows,
+            w_rows,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            inv_e_ptr,
+            inv_w,
+            target,
+            lse,
+            scale,
+            dim,
+            stride_e_col,
+            stride_w_col,
+            acc_dtype,
+            BLOCK_N,
+            BLOCK_C,
+            BLOCK_D,
+            DOT_PRECISION,
+            UPCAST,
+        ).to(dot_dtype)
+        if tl.max(tl.max(probs.to(acc_dtype), axis=1), axis=0) > 0:
+            for d0 in range(0, dim, BLOCK_D):
+                d = d0 + offsets
+                d_ok = d < dim
+                w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col)
+                unit_w = (w.to(acc_dtype) * inv_w[:, None]).to(dot_dtype)
+                mask = row_ok[:, None] & d_ok[None, :]
+                out = out_rows[:, None] + d[None, :]
+                total = tl.load(out, mask=mask, other=0.0)
+                total += tl.dot(probs, unit_w, input_precision=DOT_PRECISION).to(acc_dtype)
+                tl.store(out, total, mask=mask)
+
+
+@triton.jit
+def _linear_grad_weight_kernel(
+    emb_ptr,
+    weight_ptr,
+    inv_e_ptr,
+    inv_w_ptr,
+    target_ptr,
+    n_rows,
+    n_classes,
+    dim,
+    stride_e_row,
+    stride_e_col,
+    stride_w_row,
+    stride_w_col,
+    scale_hi,
+    scale_lo,
+    lse_ptr,
+    coef_ptr,
+    accum_ptr,
+    out_ptr,
+    grad_e_ptr,
+    norm_floor,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FUSE_EMBEDDINGS: tl.constexpr,
+):
+    """``out[cols] = project(Σ_{row tiles} γ · (E ⊙ c/γ)ᵀ Ê)`` for one class tile.
+
+    ``accum`` is a zeroed contiguous ``(C, D)`` accumulation-dtype buffer (``out`` itself when
+    the weight has that dtype), written by this program only; the epilogue applies
+    :math:`g \\leftarrow (g - (g\\cdot\\hat w)\\hat w)\\,b` (only the division for weights whose
+    inverse norm reached ``norm_floor``) and stores ``out`` ``(C, D)`` contiguous. With
+    ``FUSE_EMBEDDINGS`` the program also adds ``E Ŵ_tile`` into the zeroed ``(N, D)``
+    ``grad_e`` with relaxed atomic adds (the fast, not bitwise repeatable, path: one pass
+    instead of two); without it ``grad_e`` is not touched.
+    """
+    class_tile = tl.program_id(0)
+    acc_dtype: tl.constexpr = lse_ptr.dtype.element_ty
+    dot_dtype: tl.constexpr = acc_dtype if UPCAST else emb_ptr.dtype.element_ty
+    out_dtype: tl.constexpr = out_ptr.dtype.element_ty
+    scale = tl.cast(scale_hi, acc_dtype) + tl.cast(scale_lo, acc_dtype)
+    cols = class_tile * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < n_classes
+    w_rows = weight_ptr + cols.to(tl.int64) * stride_w_row
+    accum_rows = accum_ptr + cols.to(tl.int64) * dim
+    inv_w = tl.load(inv_w_ptr + cols, mask=col_ok, other=0.0)
+    offsets = tl.arange(0, BLOCK_D)
+    for r0 in range(0, n_rows, BLOCK_N):
+        rows = r0 + tl.arange(0, BLOCK_N)
+        row_ok = rows < n_rows
+        e_rows = emb_ptr + rows.to(tl.int64) * stride_e_row
+        target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
+        inv_e = tl.load(inv_e_ptr + rows, mask=row_ok, other=0.0)
+        probs = _row_softmax_block(
+            e_rows,
+            w_rows,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            inv_e_ptr,
+            inv_w,
+            target,
+            lse,
+            scale,
+            dim,
+            stride_e_col,
+            stride_w_col,
+            acc_dtype,
+            BLOCK_N,
+            BLOCK_C,
+            BLOCK_D,
+            DOT_PRECISION,
+            UPCAST,
+        )
+        # The rows' coefficients relative to the tile's largest: the operand stays in [-1, 1].
+        gamma = tl.max(tl.abs(coef), axis=0)
+        ratio = coef / tl.where(gamma > 0, gamma, 1.0)
+        weighted = (probs * ratio[:, None]).to(dot_dtype)
+        probs = probs.to(dot_dtype)
+        # |E c/γ| <= E: a tile whose E rounds to zero adds nothing to either gradient.
+        if tl.max(tl.max(probs.to(acc_dtype), axis=1), axis=0) > 0:
+            for d0 in range(0, dim, BLOCK_D):
+                d = d0 + offsets
+                d_ok = d < dim
+                e = _load_slice(e_rows, row_ok, d, d_ok, stride_e_col)
+                unit_e = (e.to(acc_dtype) * inv_e[:, None]).to(dot_dtype)
+                mask = col_ok[:, None] & d_ok[None, :]
+                acc = accum_rows[:, None] + d[None, :]
+                total = tl.load(acc, mask=mask, other=0.0)
+                part = tl.dot(tl.trans(weighted), unit_e, input_precision=DOT_PRECISION)
+                total += part.to(acc_dtype) * gamma
+                tl.store(acc, total, mask=mask)
+                if FUSE_EMBEDDINGS:
+                    w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col)
+                    unit_w = (w.to(acc_dtype) * inv_w[:, None]).to(dot_dtype)
+                    grad_e = tl.dot(probs, unit_w, input_precision=DOT_PRECISION)
+                    tl.atomic_add(
+                        grad_e_ptr + rows.to(tl.int64)[:, None] * dim + d[None, :],
+                        grad_e.to(acc_dtype),
+                        mask=row_ok[:, None] & d_ok[None, :],
+                        sem="relaxed",
+                    )
+    # Epilogue: through the normalisation, g ← (g − (g·ŵ) ŵ) b, a BLOCK_D slice at a time.
+    along = tl.zeros([BLOCK_C], dtype=acc_dtype)
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + offsets
         d_ok = d < dim
-        e = _load_slice(emb_ptr, rows, row_ok, d, d_ok, stride_e)
-        w = _load_slice(weight_ptr, cols, col_ok, d, d_ok, stride_w)
-        unit_e = (e.to(acc_dtype) * inv_e[:, None]).to(dot_dtype)
-        unit_w = (w.to(acc_dtype) * inv_w[:, None]).to(dot_dtype)
-        grad_e = tl.dot(p, unit_w, input_precision=DOT_PRECISION)
-        grad_w = tl.dot(tl.trans(p), unit_e, input_precision=DOT_PRECISION)
-        tl.atomic_add(
-            grad_e_ptr + rows.to(tl.int64)[:, None] * dim + d[None, :],
-            grad_e.to(acc_dtype),
-            mask=row_ok[:, None] & d_ok[None, :],
-        )
-        tl.atomic_add(
-            grad_w_ptr + cols.to(tl.int64)[:, None] * dim + d[None, :],
-            grad_w.to(acc_dtype),
-            mask=col_ok[:, None] & d_ok[None, :],
-        )
+        mask = col_ok[:, None] & d_ok[None, :]
+        grad = tl.load(accum_rows[:, None] + d[None, :], mask=mask, other=0.0)
+        unit_w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col).to(acc_dtype) * inv_w[:, None]
+        along += tl.sum(grad * unit_w, axis=1)
+    along = tl.where(inv_w < norm_floor, along, 0.0)
+    out_rows = out_ptr + cols.to(tl.int64) * dim
+    for d0 in range(0, dim, BLOCK_D):
+        d = d0 + offsets
+        d_ok = d < dim
+        mask = col_ok[:, None] & d_ok[None, :]
+        grad = tl.load(accum_rows[:, None] + d[None, :], mask=mask, other=0.0)
+        unit_w = _load_slice(w_rows, col_ok, d, d_ok, stride_w_col).to(acc_dtype) * inv_w[:, None]
+        grad = (grad - along[:, None] * unit_w) * inv_w[:, None]
+        tl.store(out_rows[:, None] + d[None, :], grad.to(out_dtype), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
-# Host launchers
+# Launch choices
 # ---------------------------------------------------------------------------------------------
 
 
 def _interpreted() -> bool:
-    return not isinstance(_linear_lse_partial_kernel, triton.runtime.JITFunction)
+    return _launch.kernel_mode(_linear_lse_partial_kernel) != "compiled"
 
 
-def _launch_options(weight: Tensor, tiles: tuple | None) -> dict:
-    """The kernels' tile sizes, ``num_warps`` and dot options for ``weight``'s dtype and device.
+def linear_launch_options(
+    dtype: torch.dtype, compiled: bool, tiles: tuple[int, int, int, int] | None = None
+) -> dict:
+    """The kernels' tile sizes, ``num_warps`` and dot options for inputs of ``dtype``.
 
-    ``tiles`` ``(BLOCK_N, BLOCK_C, BLOCK_D, num_warps)`` overrides the choice (tests).
+    ``compiled`` (a GPU launch) picks :data:`CUDA_TILES`, else :data:`INTERPRETER_TILES`;
+    ``tiles`` ``(BLOCK_N, BLOCK_C, BLOCK_D, num_warps)`` overrides both (tests). ``UPCAST`` is
+    the interpreter's bfloat16 workaround, off for compiled launches.
+
+    Example:
+        >>> options = linear_launch_options(torch.float16, compiled=True)
+        >>> options["BLOCK_C"], options["DOT_PRECISION"], options["UPCAST"]
+        (128, 'tf32', False)
     """
     if tiles is None:
-        compiled = weight.device.type == "cuda" and not _interpreted()
-        tiles = _CUDA_TILES[weight.element_size()] if compiled else _INTERPRETER_TILES
+        tiles = CUDA_TILES[torch.finfo(dtype).bits // 8] if compiled else INTERPRETER_TILES
     block_n, block_c, block_d, num_warps = tiles
-    dtype = weight.dtype
     return {
         "BLOCK_N": block_n,
         "BLOCK_C": block_c,
         "BLOCK_D": block_d,
         "num_warps": num_warps,
         "DOT_PRECISION": {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype, "tf32"),
-        "UPCAST": dtype == torch.bfloat16 and _interpreted(),
+        "UPCAST": dtype == torch.bfloat16 and not compiled,
+        "enable_fp_fusion": True,
     }
 
 
-def _row_major(matrix: Tensor) -> Tensor:
-    return matrix if matrix.stride(1) == 1 or matrix.shape[1] <= 1 else matrix.contiguous()
+def linear_grids(
+    n_rows: int,
+    n_classes: int,
+    options: dict,
+    wanted_programs: int = 1,
+    num_splits: int | None = None,
+) -> dict[str, tuple[tuple[int, ...], int]]:
+    """The grid of every launch of the linear op, with its classes per split.
+
+    ``{"forward": ((row tiles, splits), classes_per_split), "grad_embeddings": (…),
+    "grad_weight": ((class tiles,), n_classes)}``: rows and classes tiles on axis 0 (below 2³¹
+    for any N, C below 2³¹·16), splits on axis 1 (at most 65,535); every grid passes
+    :func:`marginkit.ops._launch.check_grid`.
+
+    Example:
+        >>> options = linear_launch_options(torch.float16, compiled=True)
+        >>> grids = linear_grids(1_000_000, 10_000_000, options, wanted_programs=528)
+        >>> grids["forward"][0], grids["grad_weight"][0]
+        ((15625, 1), (78125,))
+    """
+    row_tiles = _launch.cdiv(n_rows, options["BLOCK_N"])
+    classes_per_split, splits = _launch.split_columns(
+        row_tiles, n_classes, options["BLOCK_C"], wanted_programs, num_splits
+    )
+    split_grid = _launch.check_grid((row_tiles, splits))
+    class_grid = _launch.check_grid((_launch.cdiv(n_classes, options["BLOCK_C"]),))
+    return {
+        "forward": (split_grid, classes_per_split),
+        "grad_embeddings": (split_grid, classes_per_split),
+        "grad_weight": (class_grid, n_classes),
+    }
+
+
+def _grids(embeddings: Tensor, n_classes: int, options: dict, num_splits: int | None) -> dict:
+    wanted = _launch.wanted_programs(embeddings.device, not _interpreted())
+    return linear_grids(embeddings.shape[0], n_classes, options, wanted, num_splits)
 
 
 def _common_arguments(
@@ -306,22 +534,128 @@ def _common_arguments(
     target_col: Tensor,
     scale: float,
 ) -> tuple:
-    """The arguments both kernels start with, in the layout and dtypes they read."""
+    """The arguments every kernel starts with (both strides of both matrices: no copies)."""
     acc = accumulation_dtype(weight.dtype)
-    embeddings, weight = _row_major(embeddings), _row_major(weight)
     return (
         embeddings,
         weight,
         inv_norm_embeddings.to(acc).contiguous(),
         inv_norm_weight.to(acc).contiguous(),
-        target_col.contiguous(),
+        _launch.column_index(target_col, weight.shape[0]),
         embeddings.shape[0],
         weight.shape[0],
         embeddings.shape[1],
-        embeddings.stride(0),
-        weight.stride(0),
-        *_split_float(scale),
+        *embeddings.stride(),
+        *weight.stride(),
+        *_launch.split_float(scale),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Host launchers (the bodies of the triton_ops) and the twins' entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward(
+    embeddings: Tensor,
+    weight: Tensor,
+    inv_norm_embeddings: Tensor,
+    inv_norm_weight: Tensor,
+    target_col: Tensor,
+    scale: float,
+    tiles: list[int] | None,
+    num_splits: int | None,
+) -> Tensor:
+    """The body of ``marginkit::triton_linear_logsumexp``."""
+    acc = accumulation_dtype(weight.dtype)
+    n_rows, n_classes = embeddings.shape[0], weight.shape[0]
+    device = embeddings.device
+    if n_rows == 0 or n_classes == 0:
+        return torch.full((n_rows,), float("-inf"), dtype=acc, device=device)
+    options = linear_launch_options(weight.dtype, not _interpreted(), _tiles(tiles))
+    grid, classes_per_split = _grids(embeddings, n_classes, options, num_splits)["forward"]
+    part_max = torch.empty(n_rows, grid[1], dtype=acc, device=device)
+    part_sum = torch.empty(n_rows, grid[1], dtype=acc, device=device)
+    with _launch.device_guard(embeddings):
+        _launch.traceable(_linear_lse_partial_kernel, embeddings)[grid](
+            *_common_arguments(
+                embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale
+            ),
+            part_max,
+            part_sum,
+            classes_per_split,
+            grid[1],
+            **options,
+        )
+    # Combine the splits: R = M + log Σ_k σ_k e^{m_k − M} (M = -inf: nothing counted, R = -inf).
+    row_max = part_max.amax(dim=1)
+    shift = torch.where(row_max == float("-inf"), 0.0, row_max)
+    return shift + torch.log((part_sum * torch.exp(part_max - shift[:, None])).sum(dim=1))
+
+
+def _backward(
+    embeddings: Tensor,
+    weight: Tensor,
+    inv_norm_embeddings: Tensor,
+    inv_norm_weight: Tensor,
+    target_col: Tensor,
+    lse: Tensor,
+    row_coef: Tensor,
+    scale: float,
+    tiles: list[int] | None,
+    num_splits: int | None,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor]:
+    """The body of ``marginkit::triton_linear_logsumexp_backward``."""
+    acc = accumulation_dtype(weight.dtype)
+    (n_rows, dim), n_classes = embeddings.shape, weight.shape[0]
+    device = embeddings.device
+    if n_rows == 0 or n_classes == 0 or dim == 0:
+        return (
+            torch.zeros(n_rows, dim, dtype=acc, device=device),
+            torch.zeros(n_classes, dim, dtype=weight.dtype, device=device),
+        )
+    options = linear_launch_options(weight.dtype, not _interpreted(), _tiles(tiles))
+    grids = _grids(embeddings, n_classes, options, num_splits)
+    grid_e, classes_per_split = grids["grad_embeddings"]
+    common = _common_arguments(
+        embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale
+    )
+    lse = lse.to(acc).contiguous()
+    row_coef = row_coef.to(acc).contiguous()
+    # Deterministic: the embedding pass writes per-split partials. Fast: the weight pass adds
+    # the embedding gradient with relaxed atomics into one (N, D) buffer.
+    fused = not deterministic
+    partial = torch.zeros(1 if fused else grid_e[1], n_rows, dim, dtype=acc, device=device)
+    accum = torch.zeros(n_classes, dim, dtype=acc, device=device)
+    grad_weight = accum if weight.dtype == acc else torch.empty_like(accum, dtype=weight.dtype)
+    with _launch.device_guard(embeddings):
+        if not fused:
+            _launch.traceable(_linear_grad_embeddings_kernel, embeddings)[grid_e](
+                *common, lse, partial, classes_per_split, **options
+            )
+        _launch.traceable(_linear_grad_weight_kernel, embeddings)[grids["grad_weight"][0]](
+            *common,
+            lse,
+            row_coef,
+            accum,
+            grad_weight,
+            partial,
+            1.0 / NORM_EPS,
+            FUSE_EMBEDDINGS=fused,
+            **options,
+        )
+    # The splits in a fixed order, then each row's coefficient in the accumulation dtype.
+    grad_unit_embeddings = partial.sum(dim=0) if partial.shape[0] > 1 else partial[0]
+    return grad_unit_embeddings.mul_(row_coef[:, None]), grad_weight
+
+
+def _tiles(tiles: list[int] | None) -> tuple[int, int, int, int] | None:
+    return None if tiles is None else tuple(tiles)
+
+
+torch.library.triton_op("marginkit::triton_linear_logsumexp", mutates_args=())(_forward)
+torch.library.triton_op("marginkit::triton_linear_logsumexp_backward", mutates_args=())(_backward)
 
 
 def row_logsumexp_linear(
@@ -338,9 +672,7 @@ def row_logsumexp_linear(
 ) -> Tensor:
     r"""Row log-sum-exp of the scaled cosines without the target column (Triton).
 
-    .. math:: R_i = \log \sum_{j \ne t_i} \exp\big(s\,a_i b_j\, e_i \cdot w_j\big)
-
-    Same arguments and result as :func:`marginkit.ops._linear_cpu.row_logsumexp_linear`;
+    Interface and maths: :meth:`marginkit.ops._kernels.LinearKernels.row_logsumexp_linear`;
     ``chunk_size`` (the CPU block) is not used: the tiles are fixed per dtype. ``tiles``
     ``(BLOCK_N, BLOCK_C, BLOCK_D, num_warps)`` and ``num_splits`` override the launch (tests).
 
@@ -353,33 +685,17 @@ def row_logsumexp_linear(
         ...                                torch.tensor([-1]), 1.0)
         ...     assert torch.allclose(lse, torch.tensor([1.0]).exp().add(1.0).log())
     """
-    _check_launchable(embeddings)
-    acc = accumulation_dtype(weight.dtype)
-    n_rows, n_classes = embeddings.shape[0], weight.shape[0]
-    device = embeddings.device
-    if n_rows == 0 or n_classes == 0:
-        return torch.full((n_rows,), float("-inf"), dtype=acc, device=device)
-    options = _launch_options(weight, tiles)
-    row_tiles = triton.cdiv(n_rows, options["BLOCK_N"])
-    classes_per_split, num_splits = _split_columns(
-        row_tiles, n_classes, options["BLOCK_C"], device, num_splits
-    )
-    part_max = torch.empty(n_rows, num_splits, dtype=acc, device=device)
-    part_sum = torch.empty(n_rows, num_splits, dtype=acc, device=device)
-    _linear_lse_partial_kernel[(row_tiles, num_splits)](
-        *_common_arguments(
-            embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale
-        ),
-        part_max,
-        part_sum,
-        classes_per_split,
+    _launch.check_launchable(embeddings, _linear_lse_partial_kernel)
+    return torch.ops.marginkit.triton_linear_logsumexp(
+        embeddings,
+        weight,
+        inv_norm_embeddings,
+        inv_norm_weight,
+        target_col,
+        scale,
+        None if tiles is None else list(tiles),
         num_splits,
-        **options,
     )
-    # Combine the splits: R = M + log Σ_k σ_k e^{m_k − M} (M = -inf: nothing counted, R = -inf).
-    row_max = part_max.amax(dim=1)
-    shift = torch.where(row_max == float("-inf"), 0.0, row_max)
-    return shift + torch.log((part_sum * torch.exp(part_max - shift[:, None])).sum(dim=1))
 
 
 def row_logsumexp_linear_backward(
@@ -394,11 +710,17 @@ def row_logsumexp_linear_backward(
     chunk_size: int | None = None,
     *,
     tiles: tuple | None = None,
+    num_splits: int | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""``P Ŵ`` and ``Pᵀ Ê`` (through the weights' normalisation), :math:`P = c\,e^{s x - R}`.
+    r"""``c ⊙ (E Ŵ)`` and the projected ``Pᵀ Ê`` (Triton).
 
-    Same arguments and result as
-    :func:`marginkit.ops._linear_cpu.row_logsumexp_linear_backward` (``chunk_size`` unused).
+    Interface and maths: :meth:`marginkit.ops._kernels.LinearKernels.row_logsumexp_linear_backward`
+    (``chunk_size`` unused; ``tiles`` and ``num_splits`` as in :func:`row_logsumexp_linear`).
+    ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``) picks the two
+    atomics-free passes, bitwise repeatable; otherwise one pass adds the embedding gradient
+    with relaxed atomic adds (its last bits vary between runs; the weight gradient never uses
+    atomics).
 
     Example:
         >>> import torch
@@ -411,28 +733,17 @@ def row_logsumexp_linear_backward(
         ...                                            one, 1.0)
         ...     assert ge.tolist() == [[0.0, 1.0]] and gw.tolist() == [[0.0, 0.0], [1.0, 0.0]]
     """
-    _check_launchable(embeddings)
-    acc = accumulation_dtype(weight.dtype)
-    (n_rows, dim), n_classes = embeddings.shape, weight.shape[0]
-    grad_e = torch.zeros(n_rows, dim, dtype=acc, device=embeddings.device)
-    grad_w = torch.zeros(n_classes, dim, dtype=acc, device=embeddings.device)
-    if n_rows == 0 or n_classes == 0 or dim == 0:
-        return grad_e, grad_w
-    options = _launch_options(weight, tiles)
-    grid = (triton.cdiv(n_rows, options["BLOCK_N"]), triton.cdiv(n_classes, options["BLOCK_C"]))
-    _linear_lse_backward_kernel[grid](
-        *_common_arguments(
-            embeddings, weight, inv_norm_embeddings, inv_norm_weight, target_col, scale
-        ),
-        lse.to(acc).contiguous(),
-        row_coef.to(acc).contiguous(),
-        grad_e,
-        grad_w,
-        **options,
+    _launch.check_launchable(embeddings, _linear_lse_partial_kernel)
+    return torch.ops.marginkit.triton_linear_logsumexp_backward(
+        embeddings,
+        weight,
+        inv_norm_embeddings,
+        inv_norm_weight,
+        target_col,
+        lse,
+        row_coef,
+        scale,
+        None if tiles is None else list(tiles),
+        num_splits,
+        torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
     )
-    # Through the weights' normalisation, a block of classes at a time (in place).
-    for c0 in range(0, n_classes, _PROJECTION_BLOCK):
-        c1 = min(c0 + _PROJECTION_BLOCK, n_classes)
-        unit_weight = weight[c0:c1].to(acc) * inv_norm_weight[c0:c1, None].to(acc)
-        project_to_tangent_(grad_w[c0:c1], unit_weight, inv_norm_weight[c0:c1].to(acc))
-    return grad_e, grad_w.to(weight.dtype)

@@ -17,11 +17,13 @@ two passes over the N×C cosine matrix are margin-agnostic and live here:
       y_{ij} = c_i\, e^{s\,x_{ij} - R_i} + a_i [\kappa(j) = \rho_i] \quad (j \ne t_i), \qquad
       y_{i t_i} = v_i.
 
-Both are host launchers with the same signatures as their chunked-torch twins in
-:mod:`marginkit.ops._cpu` (plus keyword-only launch overrides for the tests); they pick the block sizes and launch plain ``@triton.jit`` kernels,
-so they can sit inside an opaque ``torch.library`` custom op. The hosts read only shapes,
-strides, dtypes and devices, never tensor data, and allocate with ``torch.empty``, so they also
-trace under ``torch.library.triton_op`` should each launch be wrapped in ``wrap_triton`` later.
+Both are host launchers with the interface of their chunked-torch twins in
+:mod:`marginkit.ops._cpu` (:class:`marginkit.ops._kernels.CosineKernels`, plus keyword-only
+launch overrides for the tests). Each launches through a ``torch.library.triton_op``
+(``marginkit::triton_row_statistics``, ``marginkit::triton_write_row_softmax``) whose body
+calls ``wrap_triton`` on plain ``@triton.jit`` kernels, so ``make_fx`` / Inductor see the
+kernels; the bodies read only shapes, strides, dtypes and devices, never tensor data. Launch
+choices (tiles, splits, grids, the device guard) live in :mod:`marginkit.ops._launch`.
 
 Importing this module imports :mod:`triton`; ``import marginkit`` does not.
 
@@ -55,15 +57,12 @@ Numerics:
 
 from __future__ import annotations
 
-import functools
-import math
-import struct
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from marginkit.ops import _launch
 from marginkit.ops._dtypes import accumulation_dtype
 
 __all__ = [
@@ -73,17 +72,6 @@ __all__ = [
     "write_row_softmax",
 ]
 
-# Largest column tile per element size of the logits, chosen so that each thread holds about 16
-# values of the tile at the num_warps below (8192 half-precision values = 16 KiB per tile).
-_MAX_BLOCK_C = {2: 8192, 4: 4096, 8: 2048}
-_MIN_BLOCK_C = 16
-# Values of a tile per thread: num_warps = BLOCK_C / (32 · 16), clamped to [1, 16].
-_VALUES_PER_THREAD = 16
-# How many programs per streaming multiprocessor a launch should offer before a row is split over
-# several programs (a row of C = 1M at N = 64 would otherwise leave most of an H100 idle).
-_PROGRAMS_PER_SM = 4
-# CUDA caps grid dimensions 1 and 2 at 65535; the split count is grid dimension 1.
-_MAX_GRID_Y = 65535
 # The combine kernel of the two-stage log-sum-exp holds BLOCK_N × BLOCK_SPLITS partials.
 _COMBINE_TILE = 2048
 
@@ -388,12 +376,7 @@ def interpreter_enabled() -> bool:
 
 
 def _kernel_mode() -> str:
-    """``"compiled"``, ``"interpreted"``, or ``"mixed"`` (interpreted kernels, compiled stdlib)."""
-    kernels_compiled = isinstance(_row_lse_partial_kernel, triton.runtime.JITFunction)
-    stdlib_compiled = isinstance(tl.sum, triton.runtime.JITFunction)
-    if kernels_compiled:
-        return "compiled"
-    return "mixed" if stdlib_compiled else "interpreted"
+    return _launch.kernel_mode(_row_lse_partial_kernel)
 
 
 def row_logsumexp_excluding_target(
@@ -434,30 +417,12 @@ def row_statistics_excluding_target(
     block_c: int | None = None,
     num_splits: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    r"""Row log-sum-exp of the scaled logits and row sum, leaving out each row's target column.
+    r"""One online pass per row: running max, rescaled running sum, running kept-cosine sum.
 
-    .. math::
-        R_i = \log \sum_{j \ne t_i} \exp(s \cdot x_{ij}), \qquad
-        S_i = \sum_{j \ne t_i,\ \kappa(j) = \rho_i} x_{ij}
-
-    computed in one online pass per row (running max, rescaled running sum and, with
-    ``row_sum``, the running sum of the kept cosines). A ``t_i`` outside ``[0, C)`` (``-1``,
-    ``-100``, or a class held by another rank's shard) excludes nothing; a row whose every
-    column is excluded (``C == 1`` and ``t_i == 0``) gets ``R = -inf`` and ``S = 0``.
-
-    Args:
-        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64, any row stride (a column
-            stride other than 1 is made contiguous first).
-        target_col: ``(N,)`` int64 column to leave out per row.
-        scale: the factor ``s`` applied to every logit.
-        row_sum: also compute :math:`S` (else ``None`` is returned for it).
-        column_category: ``(C,)`` integer :math:`\kappa`, or ``None`` (every column counts).
-        row_category: ``(N,)`` integer :math:`\rho` (with ``column_category``).
-        block_c, num_splits: override the tile width and the programs per row (tests).
-
-    Returns:
-        ``(R, S)``, ``(N,)`` float32 (float64 for float64 ``logits``); ``S`` is ``None`` without
-        ``row_sum``.
+    Interface and maths: :meth:`marginkit.ops._kernels.CosineKernels.row_statistics_excluding_target`.
+    ``logits`` may have any row stride (a column stride other than 1 is made contiguous
+    first); ``block_c`` and ``num_splits`` override the tile width and the programs per row
+    (tests).
 
     Raises:
         RuntimeError: if the tensors are on the CPU and the kernels were not built for Triton's
@@ -470,27 +435,43 @@ def row_statistics_excluding_target(
         ...     _, total = row_statistics_excluding_target(x, torch.tensor([1]), 1.0, True)
         ...     assert total.tolist() == [0.75]
     """
-    _check_launchable(logits)
+    _launch.check_launchable(logits, _row_lse_partial_kernel)
+    lse, total = torch.ops.marginkit.triton_row_statistics(
+        logits, target_col, scale, row_sum, column_category, row_category, block_c, num_splits
+    )
+    return lse, (total if row_sum else None)
+
+
+def _row_statistics(
+    logits: Tensor,
+    target_col: Tensor,
+    scale: float,
+    row_sum: bool,
+    column_category: Tensor | None,
+    row_category: Tensor | None,
+    block_c: int | None,
+    num_splits: int | None,
+) -> tuple[Tensor, Tensor]:
+    """The body of ``marginkit::triton_row_statistics``: ``(lse, row sum or empty)``."""
     n_rows, n_cols = logits.shape
     acc_dtype = accumulation_dtype(logits.dtype)
     device = logits.device
     lse = torch.empty(n_rows, dtype=acc_dtype, device=device)
-    total = torch.zeros(n_rows, dtype=acc_dtype, device=device) if row_sum else None
+    total = torch.zeros(n_rows if row_sum else 0, dtype=acc_dtype, device=device)
     if n_rows == 0:
         return lse, total
     if n_cols == 0:
         return lse.fill_(float("-inf")), total
-    logits = _unit_column_stride(logits)
-    target_col = target_col.contiguous()
+    logits = _launch.unit_column_stride(logits)
     has_category = row_sum and column_category is not None
     column_category, row_category = _category_arguments(
         column_category if has_category else None, row_category, target_col
     )
-    block_c, num_warps = _column_tile(n_cols, logits.element_size(), block_c)
-    cols_per_split, splits = _split_columns(n_rows, n_cols, block_c, device, num_splits)
-    scale_hi, scale_lo = _split_float(scale)
+    block_c, num_warps = _launch.column_tile(n_cols, logits.element_size(), block_c)
+    cols_per_split, splits = cosine_splits(n_rows, n_cols, block_c, device, num_splits)
+    scale_hi, scale_lo = _launch.split_float(scale)
 
-    row_sum_out = lse if total is None else total  # not touched without ROW_SUM
+    row_sum_out = total if row_sum else lse  # not touched without ROW_SUM
     if splits == 1:
         partial_max = partial_sum = partial_row_sum = lse  # not touched by the single split
     else:
@@ -499,48 +480,49 @@ def row_statistics_excluding_target(
         partial_row_sum = (
             torch.empty(n_rows, splits, dtype=acc_dtype, device=device) if row_sum else lse
         )
-    _row_lse_partial_kernel[(n_rows, splits)](
-        logits,
-        target_col,
-        lse,
-        partial_max,
-        partial_sum,
-        row_sum_out,
-        partial_row_sum,
-        column_category,
-        row_category,
-        n_cols,
-        logits.stride(0),
-        cols_per_split,
-        splits,
-        scale_hi,
-        scale_lo,
-        ROW_ALIGN=_row_alignment(logits),
-        BLOCK_C=block_c,
-        SINGLE_SPLIT=splits == 1,
-        ROW_SUM=row_sum,
-        HAS_CATEGORY=has_category,
-        num_warps=num_warps,
-        enable_fp_fusion=True,
-    )
-    if splits > 1:
-        block_splits = triton.next_power_of_2(splits)
-        block_n = max(1, _COMBINE_TILE // block_splits)
-        block_n = min(block_n, triton.next_power_of_2(n_rows))
-        _combine_lse_partials_kernel[(triton.cdiv(n_rows, block_n),)](
+    with _launch.device_guard(logits):
+        _launch.traceable(_row_lse_partial_kernel, logits)[_launch.check_grid((n_rows, splits))](
+            logits,
+            _launch.column_index(target_col, n_cols),
+            lse,
             partial_max,
             partial_sum,
-            lse,
-            partial_row_sum,
             row_sum_out,
-            n_rows,
+            partial_row_sum,
+            column_category,
+            row_category,
+            n_cols,
+            logits.stride(0),
+            cols_per_split,
             splits,
-            BLOCK_N=block_n,
-            BLOCK_SPLITS=block_splits,
+            scale_hi,
+            scale_lo,
+            ROW_ALIGN=_launch.row_alignment(logits),
+            BLOCK_C=block_c,
+            SINGLE_SPLIT=splits == 1,
             ROW_SUM=row_sum,
-            num_warps=4,
+            HAS_CATEGORY=has_category,
+            num_warps=num_warps,
             enable_fp_fusion=True,
         )
+        if splits > 1:
+            block_n, block_splits = combine_tile(n_rows, splits)
+            _launch.traceable(_combine_lse_partials_kernel, logits)[
+                _launch.check_grid((_launch.cdiv(n_rows, block_n),))
+            ](
+                partial_max,
+                partial_sum,
+                lse,
+                partial_row_sum,
+                row_sum_out,
+                n_rows,
+                splits,
+                BLOCK_N=block_n,
+                BLOCK_SPLITS=block_splits,
+                ROW_SUM=row_sum,
+                num_warps=4,
+                enable_fp_fusion=True,
+            )
     return lse, total
 
 
@@ -559,32 +541,11 @@ def write_row_softmax(
     block_c: int | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
-    r"""Write the row-scaled softmax of the scaled logits, with a given value in the target column.
+    r"""Write every element of ``out`` exactly once, tile by tile.
 
-    .. math::
-        y_{ij} = c_i \exp(s \cdot x_{ij} - \mathrm{lse}_i) + a_i [\kappa(j) = \rho_i]
-        \quad (j \ne t_i), \qquad y_{i t_i} = v_i \quad (0 \le t_i < C)
-
-    (the :math:`a_i` term only with ``row_add``; without categories it is added to every
-    non-target column). Every element is written exactly once. The maths runs in float32
-    (float64 for float64 ``logits``); the result is rounded to ``out.dtype`` with no clamp, so an
-    overflow of that dtype gives ``inf``, as torch's own kernels do.
-
-    Args:
-        logits: ``(N, C)`` float16 / bfloat16 / float32 / float64, any row stride.
-        target_col: ``(N,)`` int64 target column per row (outside ``[0, C)``: none).
-        lse: ``(N,)`` accumulation-dtype row log-sum-exp subtracted in the exponent.
-        row_coef: ``(N,)`` accumulation-dtype factor ``c_i`` of each row.
-        target_value: ``(N,)`` accumulation-dtype value ``v_i`` written at the target column.
-        scale: the factor ``s`` applied to every logit.
-        out: ``(N, C)`` float tensor receiving ``y`` (usually ``logits.dtype``).
-        row_add: ``(N,)`` accumulation-dtype ``a_i`` added off target, or ``None``.
-        column_category: ``(C,)`` integer :math:`\kappa`, or ``None`` (every column matches).
-        row_category: ``(N,)`` integer :math:`\rho` (with ``column_category``).
-        block_c, num_splits: override the tile width and the programs per row (tests).
-
-    Returns:
-        ``out``.
+    Interface and maths: :meth:`marginkit.ops._kernels.CosineKernels.write_row_softmax`.
+    ``logits`` may have any row stride; ``block_c`` and ``num_splits`` override the tile width
+    and the programs per row (tests).
 
     Raises:
         RuntimeError: if the tensors are on the CPU and the kernels were not built for Triton's
@@ -599,152 +560,125 @@ def write_row_softmax(
         ...     y = write_row_softmax(x, t, lse, one, v, 1.0, torch.empty(1, 3))
         ...     assert y.tolist() == [[0.5, -1.0, 0.5]]
     """
-    _check_launchable(logits)
+    _launch.check_launchable(logits, _row_lse_partial_kernel)
+    torch.ops.marginkit.triton_write_row_softmax(
+        logits,
+        target_col,
+        lse,
+        row_coef,
+        target_value,
+        scale,
+        out,
+        row_add,
+        column_category,
+        row_category,
+        block_c,
+        num_splits,
+    )
+    return out
+
+
+def _write_row_softmax(
+    logits: Tensor,
+    target_col: Tensor,
+    lse: Tensor,
+    row_coef: Tensor,
+    target_value: Tensor,
+    scale: float,
+    out: Tensor,
+    row_add: Tensor | None,
+    column_category: Tensor | None,
+    row_category: Tensor | None,
+    block_c: int | None,
+    num_splits: int | None,
+) -> None:
+    """The body of ``marginkit::triton_write_row_softmax`` (writes ``out``)."""
     n_rows, n_cols = logits.shape
     if n_rows == 0 or n_cols == 0:
-        return out
+        return
     acc_dtype = accumulation_dtype(logits.dtype)
-    logits = _unit_column_stride(logits)
+    logits = _launch.unit_column_stride(logits)
     dest = (
         out if out.stride(1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
     )
-    block_c, num_warps = _column_tile(n_cols, logits.element_size(), block_c)
-    cols_per_split, splits = _split_columns(n_rows, n_cols, block_c, logits.device, num_splits)
-    scale_hi, scale_lo = _split_float(scale)
+    block_c, num_warps = _launch.column_tile(n_cols, logits.element_size(), block_c)
+    cols_per_split, splits = cosine_splits(n_rows, n_cols, block_c, logits.device, num_splits)
+    scale_hi, scale_lo = _launch.split_float(scale)
     lse = lse.to(acc_dtype).contiguous()
     has_row_add = row_add is not None
     has_category = has_row_add and column_category is not None
     column_category, row_category = _category_arguments(
         column_category if has_category else None, row_category, target_col
     )
-
-    _write_row_softmax_kernel[(n_rows, splits)](
-        logits,
-        target_col.contiguous(),
-        lse,
-        row_coef.contiguous(),
-        target_value.contiguous(),
-        row_add.to(acc_dtype).contiguous() if has_row_add else lse,
-        column_category,
-        row_category,
-        dest,
-        n_cols,
-        logits.stride(0),
-        dest.stride(0),
-        cols_per_split,
-        scale_hi,
-        scale_lo,
-        LOGITS_ROW_ALIGN=_row_alignment(logits),
-        OUT_ROW_ALIGN=_row_alignment(dest),
-        BLOCK_C=block_c,
-        HAS_ROW_ADD=has_row_add,
-        HAS_CATEGORY=has_category,
-        num_warps=num_warps,
-        enable_fp_fusion=True,
-    )
+    with _launch.device_guard(logits):
+        _launch.traceable(_write_row_softmax_kernel, logits)[_launch.check_grid((n_rows, splits))](
+            logits,
+            _launch.column_index(target_col, n_cols),
+            lse,
+            row_coef.contiguous(),
+            target_value.contiguous(),
+            row_add.to(acc_dtype).contiguous() if has_row_add else lse,
+            column_category,
+            row_category,
+            dest,
+            n_cols,
+            logits.stride(0),
+            dest.stride(0),
+            cols_per_split,
+            scale_hi,
+            scale_lo,
+            LOGITS_ROW_ALIGN=_launch.row_alignment(logits),
+            OUT_ROW_ALIGN=_launch.row_alignment(dest),
+            BLOCK_C=block_c,
+            HAS_ROW_ADD=has_row_add,
+            HAS_CATEGORY=has_category,
+            num_warps=num_warps,
+            enable_fp_fusion=True,
+        )
     if dest is not out:
         out.copy_(dest)
-    return out
+
+
+torch.library.triton_op("marginkit::triton_row_statistics", mutates_args=())(_row_statistics)
+torch.library.triton_op("marginkit::triton_write_row_softmax", mutates_args=("out",))(
+    _write_row_softmax
+)
+
+
+def cosine_splits(
+    n_rows: int, n_cols: int, block_c: int, device: torch.device, num_splits: int | None = None
+) -> tuple[int, int]:
+    """``(cols_per_split, splits)`` of the cosine kernels' grid ``(n_rows, splits)``.
+
+    :func:`marginkit.ops._launch.split_columns` with 4 programs per SM on a compiled GPU launch
+    and one split per row in the interpreter.
+    """
+    wanted = _launch.wanted_programs(device, _kernel_mode() == "compiled")
+    return _launch.split_columns(n_rows, n_cols, block_c, wanted, num_splits)
+
+
+def combine_tile(n_rows: int, splits: int) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_SPLITS)`` of the combine kernel: at most 2048 partials per program.
+
+    Example:
+        >>> combine_tile(1000, 14)
+        (128, 16)
+    """
+    block_splits = _launch.next_power_of_2(splits)
+    block_n = max(1, _COMBINE_TILE // block_splits)
+    return min(block_n, _launch.next_power_of_2(n_rows)), block_splits
 
 
 def _category_arguments(
     column_category: Tensor | None, row_category: Tensor | None, placeholder: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Contiguous int64 categories, or ``placeholder`` twice (never read) without them."""
+    """Contiguous categories, or ``placeholder`` twice (never read) without them.
+
+    Categories of up to 32 bits are passed as int32 (4 bytes per column read in the hot loop);
+    int64 ids stay int64 (their range is unknown without a host read).
+    """
     if column_category is None:
         return placeholder, placeholder
-    return (
-        column_category.to(torch.int64).contiguous(),
-        row_category.to(torch.int64).contiguous(),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Launch heuristics
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_launchable(logits: Tensor) -> None:
-    mode = _kernel_mode()
-    if mode == "mixed":
-        raise RuntimeError(
-            "marginkit's Triton kernels were built for Triton's interpreter but `triton` itself "
-            "was imported before TRITON_INTERPRET=1 was set (Lightning and torch._dynamo import "
-            "it), so triton.language's own functions are compiled-only: set TRITON_INTERPRET=1 "
-            "in the environment, before anything imports triton"
-        )
-    if mode == "compiled" and logits.device.type == "cpu":
-        raise RuntimeError(
-            "marginkit's Triton kernels got CPU tensors but were compiled for a GPU: to run them "
-            "in Triton's interpreter set TRITON_INTERPRET=1 before `triton` is first imported "
-            "(in the environment), or pass CUDA tensors"
-        )
-
-
-def _row_alignment(matrix: Tensor) -> int:
-    """Largest power of two up to 16 dividing the row stride (in elements).
-
-    Triton only learns that an integer argument is a multiple of 16; a shard of C = 125000
-    columns has 16-byte-aligned fp16 rows all the same, and this hint lets those loads vectorise.
-    """
-    stride = matrix.stride(0)
-    return 16 if stride % 16 == 0 else stride & -stride
-
-
-def _unit_column_stride(logits: Tensor) -> Tensor:
-    """Keep any row stride; copy only when columns are not adjacent in memory."""
-    if logits.stride(1) == 1 or logits.shape[1] == 1:
-        return logits
-    return logits.contiguous()
-
-
-def _column_tile(n_cols: int, element_size: int, block_c: int | None) -> tuple[int, int]:
-    """Return ``(BLOCK_C, num_warps)``: the whole row up to 8192 / 4096 / 2048 columns.
-
-    The cap depends on the logits' element size so that a tile is at most 16 KiB, and num_warps
-    grows with the tile so that each thread holds about 16 values (≤ 512 columns → 1 warp, 2048
-    → 4, 4096 → 8, 8192 → 16): wide tiles amortise the per-tile max/sum reductions and let one
-    program stream a row, 16 values per thread are two 16-byte vector loads of fp16 (four of
-    fp32) and keep the fp32 working set in registers (≤ 64 registers per thread for the
-    log-sum-exp kernel, no spills, on sm_90).
-    """
-    if block_c is None:
-        block_c = min(_MAX_BLOCK_C[element_size], max(_MIN_BLOCK_C, triton.next_power_of_2(n_cols)))
-    num_warps = min(16, max(1, block_c // (32 * _VALUES_PER_THREAD)))
-    return block_c, num_warps
-
-
-def _split_columns(
-    n_rows: int, n_cols: int, block_c: int, device: torch.device, num_splits: int | None
-) -> tuple[int, int]:
-    """Return ``(cols_per_split, splits)``: how many programs share one row (or row tile).
-
-    One program per row while the N rows already give each streaming multiprocessor
-    ``_PROGRAMS_PER_SM`` programs; below that (small N, wide shards) a row is cut into column
-    chunks of whole tiles, at most one chunk per tile and at most 65535 chunks (CUDA's limit on
-    grid dimension 1). Under the interpreter there are no SMs to fill: one chunk per row.
-    """
-    n_tiles = triton.cdiv(n_cols, block_c)
-    if num_splits is None:
-        wanted_programs = 1
-        if device.type == "cuda" and _kernel_mode() == "compiled":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            wanted_programs = _PROGRAMS_PER_SM * _sm_count(index)
-        num_splits = triton.cdiv(wanted_programs, n_rows)
-    num_splits = max(1, min(num_splits, n_tiles, _MAX_GRID_Y))
-    cols_per_split = triton.cdiv(n_tiles, num_splits) * block_c
-    return cols_per_split, triton.cdiv(n_cols, cols_per_split)
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _split_float(value: float) -> tuple[float, float]:
-    """Return float32-representable ``(hi, lo)`` with ``hi + lo == value`` to about 2⁻⁴⁸."""
-    value = float(value)
-    if not math.isfinite(value) or abs(value) > 3.0e38:
-        return value, 0.0
-    hi = struct.unpack("f", struct.pack("f", value))[0]
-    return hi, struct.unpack("f", struct.pack("f", value - hi))[0]
+    wide = torch.int64 in (column_category.dtype, row_category.dtype)
+    dtype = torch.int64 if wide else torch.int32
+    return column_category.to(dtype).contiguous(), row_category.to(dtype).contiguous()

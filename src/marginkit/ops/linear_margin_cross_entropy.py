@@ -49,7 +49,7 @@ from marginkit._validation import (
 )
 from marginkit.distributed import all_reduce_sum_replicated
 from marginkit.ops import _linear_cpu
-from marginkit.ops._backends import kernels_for
+from marginkit.ops._backends import BackendPicker, custom_op_per_device
 from marginkit.ops._distributed import combine_row_statistics, group_name, resolve_group
 from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._linear_cpu import project_to_tangent_
@@ -79,21 +79,6 @@ class LinearTargetTerms(NamedTuple):
     cos_target: Tensor
     theta_target: Tensor
     row_sum: Tensor | None
-
-
-# ---------------------------------------------------------------------------------------------
-# Kernel choice
-# ---------------------------------------------------------------------------------------------
-
-
-def _linear_kernels(device_type: str, impl: str | None):
-    """The linear-kernel module for ``device_type`` and ``impl`` (checks as the cosine ops)."""
-    cosine_kernels = kernels_for(device_type, impl)  # raises the same errors as the cosine ops
-    if cosine_kernels.__name__.endswith("_triton"):
-        from marginkit.ops import _linear_triton
-
-        return _linear_triton
-    return _linear_cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,69 +147,76 @@ def _category_unit_sums(
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(
-    embeddings: Tensor,
-    weight: Tensor,
-    label: Tensor,
-    scale: float,
-    ignore_index: int,
-    row_sum: bool,
-    column_category: Tensor | None,
-    row_category: Tensor | None,
-    group_name: str,
-    chunk_size: int | None,
-    impl: str | None,
-    check_labels: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    r"""``(lse_rest, row_sum_all, unit_embeddings, unit_targets, inv_norm_e, inv_norm_w, target_col)``.
+def _forward_kernel(pick_backend: BackendPicker):
+    """The forward op's kernel for one device; ``pick_backend(device_type, impl)`` picks the kernels."""
 
-    * ``lse_rest`` ``(N,)``: :math:`R`, combined over the ranks of the group (identical on all);
-    * ``row_sum_all`` ``(N,)`` (empty unless ``row_sum``): this rank's
-      :math:`\hat e_i\cdot U_{\rho_i}`, the row sum over its classes of the row's category
-      *including* the target column;
-    * ``unit_embeddings``, ``unit_targets`` ``(N, D)``: :math:`\hat e_i` and
-      :math:`\hat w_{t_i}` (a placeholder where this rank has no target column) for the exact
-      target angle, taken in torch by the caller;
-    * the inverse norms and the local target column (``-1``: none), not differentiable.
+    def forward(
+        embeddings: Tensor,
+        weight: Tensor,
+        label: Tensor,
+        scale: float,
+        ignore_index: int,
+        row_sum: bool,
+        column_category: Tensor | None,
+        row_category: Tensor | None,
+        group_name: str,
+        chunk_size: int | None,
+        impl: str | None,
+        check_labels: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        r"""``(lse_rest, row_sum_all, unit_embeddings, unit_targets, inv_norm_e, inv_norm_w, target_col)``.
 
-    Inputs are trusted (the public wrappers check them) except the label range (data
-    dependent, ``ValueError`` here). ``embeddings`` and ``weight`` have the same dtype.
-    """
-    kernels = _linear_kernels(embeddings.device.type, impl)
-    acc = accumulation_dtype(weight.dtype)
-    n_rows, n_classes = embeddings.shape[0], weight.shape[0]
-    target_col = local_target_column(label, ignore_index, n_classes, group_name, check_labels)
-    group = resolve_group(group_name)
+        * ``lse_rest`` ``(N,)``: :math:`R`, combined over the ranks of the group (identical on all);
+        * ``row_sum_all`` ``(N,)`` (empty unless ``row_sum``): this rank's
+          :math:`\hat e_i\cdot U_{\rho_i}`, the row sum over its classes of the row's category
+          *including* the target column;
+        * ``unit_embeddings``, ``unit_targets`` ``(N, D)``: :math:`\hat e_i` and
+          :math:`\hat w_{t_i}` (a placeholder where this rank has no target column) for the exact
+          target angle, taken in torch by the caller;
+        * the inverse norms and the local target column (``-1``: none), not differentiable.
 
-    inv_e = _inverse_norms(embeddings, acc)
-    inv_w = _inverse_norms(weight, acc)
-    lse_rest = kernels.row_logsumexp_linear(
-        embeddings, weight, inv_e, inv_w, target_col, scale, chunk_size
-    )
-    if group is not None:
-        lse_rest, _ = combine_row_statistics(lse_rest, [], group)
-    unit_embeddings, unit_targets = _unit_targets(embeddings, weight, inv_e, inv_w, target_col)
-    if row_sum:
-        n_categories = 1
-        if column_category is not None:
-            n_categories = _category_count(column_category, row_category)
-        _, block = _linear_cpu.block_shape(
-            n_rows, n_classes, embeddings.shape[1], acc.itemsize, chunk_size
+        Inputs are trusted (the public wrappers check them) except the label range (data
+        dependent, ``ValueError`` here). ``embeddings`` and ``weight`` have the same dtype.
+        """
+        kernels = pick_backend(embeddings.device.type, impl).linear
+        acc = accumulation_dtype(weight.dtype)
+        n_rows, n_classes = embeddings.shape[0], weight.shape[0]
+        target_col = local_target_column(label, ignore_index, n_classes, group_name, check_labels)
+        group = resolve_group(group_name)
+
+        inv_e = _inverse_norms(embeddings, acc)
+        inv_w = _inverse_norms(weight, acc)
+        lse_rest = kernels.row_logsumexp_linear(
+            embeddings, weight, inv_e, inv_w, target_col, scale, chunk_size
         )
-        sums = _category_unit_sums(weight, inv_w, column_category, n_categories, block)
-        row_sums = (
-            sums[0].expand_as(unit_embeddings) if column_category is None else sums[row_category]
-        )
-        row_sum_all = (unit_embeddings * row_sums).sum(dim=1)
-    else:
-        row_sum_all = torch.zeros(0, dtype=acc, device=embeddings.device)
-    return lse_rest, row_sum_all, unit_embeddings, unit_targets, inv_e, inv_w, target_col
+        if group is not None:
+            lse_rest, _ = combine_row_statistics(lse_rest, [], group)
+        unit_embeddings, unit_targets = _unit_targets(embeddings, weight, inv_e, inv_w, target_col)
+        if row_sum:
+            n_categories = 1
+            if column_category is not None:
+                n_categories = _category_count(column_category, row_category)
+            _, block = _linear_cpu.block_shape(
+                n_rows, n_classes, embeddings.shape[1], acc.itemsize, chunk_size
+            )
+            sums = _category_unit_sums(weight, inv_w, column_category, n_categories, block)
+            row_sums = (
+                sums[0].expand_as(unit_embeddings)
+                if column_category is None
+                else sums[row_category]
+            )
+            row_sum_all = (unit_embeddings * row_sums).sum(dim=1)
+        else:
+            row_sum_all = torch.zeros(0, dtype=acc, device=embeddings.device)
+        return lse_rest, row_sum_all, unit_embeddings, unit_targets, inv_e, inv_w, target_col
+
+    return forward
 
 
-linear_target_logsumexp_fwd = torch.library.custom_op(
-    "marginkit::linear_target_logsumexp_fwd", mutates_args=(), device_types="cpu"
-)(_forward)
-linear_target_logsumexp_fwd.register_kernel("cuda")(_forward)
+# The default kernel (CPU and any non-CUDA device: chunked torch) and the CUDA one (Triton).
+linear_target_logsumexp_fwd = custom_op_per_device(
+    "marginkit::linear_target_logsumexp_fwd", _forward_kernel
+)
 
 
 @linear_target_logsumexp_fwd.register_fake
@@ -257,89 +249,93 @@ def _linear_target_logsumexp_fwd_fake(
 # ---------------------------------------------------------------------------------------------
 
 
-def _backward_kernel(
-    grad_lse: Tensor,
-    grad_row_sum: Tensor,
-    grad_unit_embeddings: Tensor,
-    grad_unit_targets: Tensor,
-    embeddings: Tensor,
-    weight: Tensor,
-    target_col: Tensor,
-    lse_rest: Tensor,
-    inv_e: Tensor,
-    inv_w: Tensor,
-    column_category: Tensor | None,
-    row_category: Tensor | None,
-    scale: float,
-    chunk_size: int | None,
-    impl: str | None,
-) -> tuple[Tensor, Tensor]:
-    """``(grad_embeddings, grad_weight)`` in the inputs' dtype; no communication.
+def _backward_kernel(pick_backend: BackendPicker):
+    """The backward op's kernel for one device (kernels picked as the forward's)."""
 
-    Under a group, ``grad_weight`` is this rank's shard of the gradient and ``grad_embeddings``
-    this rank's share of it (its classes and the targets it owns): the embedding gradient is
-    the sum over ranks.
-    """
-    kernels = _linear_kernels(embeddings.device.type, impl)
-    acc = inv_e.dtype
-    n_rows, n_classes = embeddings.shape[0], weight.shape[0]
-    # The log-sum-exp's part: w.r.t. the unit embeddings, and the raw weights (projected).
-    grad_unit_e, grad_weight = kernels.row_logsumexp_linear_backward(
-        embeddings,
-        weight,
-        inv_e,
-        inv_w,
-        target_col,
-        lse_rest,
-        grad_lse.to(acc) * scale,
-        scale,
-        chunk_size,
-    )
-    unit_embeddings, unit_targets = _unit_targets(embeddings, weight, inv_e, inv_w, target_col)
-    _, block = _linear_cpu.block_shape(
-        n_rows, n_classes, embeddings.shape[1], acc.itemsize, chunk_size
-    )
+    def backward(
+        grad_lse: Tensor,
+        grad_row_sum: Tensor,
+        grad_unit_embeddings: Tensor,
+        grad_unit_targets: Tensor,
+        embeddings: Tensor,
+        weight: Tensor,
+        target_col: Tensor,
+        lse_rest: Tensor,
+        inv_e: Tensor,
+        inv_w: Tensor,
+        column_category: Tensor | None,
+        row_category: Tensor | None,
+        scale: float,
+        chunk_size: int | None,
+        impl: str | None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(grad_embeddings, grad_weight)`` in the inputs' dtype; no communication.
 
-    if grad_row_sum.numel() > 0:
-        # S_i = ê_i · U_{ρ_i}, U_k the sum of the unit weights of category k:
-        # ∂S/∂ê_i = U_{ρ_i}, ∂S/∂ŵ_j = V_{κ(j)} with V_k = Σ_{i: ρ_i = k} g_i ê_i.
-        grad_row_sum = grad_row_sum.to(acc)
-        weighted_rows = grad_row_sum[:, None] * unit_embeddings
-        if column_category is None:
-            sums = _category_unit_sums(weight, inv_w, None, 1, block)
-            grad_unit_e.addcmul_(grad_row_sum[:, None], sums[0][None, :])
-            per_category = weighted_rows.sum(dim=0, keepdim=True)
-        else:
-            n_categories = _category_count(column_category, row_category)
-            sums = _category_unit_sums(weight, inv_w, column_category, n_categories, block)
-            grad_unit_e.addcmul_(grad_row_sum[:, None], sums[row_category])
-            per_category = torch.zeros_like(sums).index_add_(0, row_category, weighted_rows)
-        for c0 in range(0, n_classes, block):
-            c1 = min(c0 + block, n_classes)
-            unit_weight = weight[c0:c1].to(acc) * inv_w[c0:c1, None]
+        Under a group, ``grad_weight`` is this rank's shard of the gradient and ``grad_embeddings``
+        this rank's share of it (its classes and the targets it owns): the embedding gradient is
+        the sum over ranks.
+        """
+        kernels = pick_backend(embeddings.device.type, impl).linear
+        acc = inv_e.dtype
+        n_rows, n_classes = embeddings.shape[0], weight.shape[0]
+        # The log-sum-exp's part: w.r.t. the unit embeddings, and the raw weights (projected).
+        grad_unit_e, grad_weight = kernels.row_logsumexp_linear_backward(
+            embeddings,
+            weight,
+            inv_e,
+            inv_w,
+            target_col,
+            lse_rest,
+            grad_lse.to(acc) * scale,
+            scale,
+            chunk_size,
+        )
+        unit_embeddings, unit_targets = _unit_targets(embeddings, weight, inv_e, inv_w, target_col)
+        _, block = _linear_cpu.block_shape(
+            n_rows, n_classes, embeddings.shape[1], acc.itemsize, chunk_size
+        )
+
+        if grad_row_sum.numel() > 0:
+            # S_i = ê_i · U_{ρ_i}, U_k the sum of the unit weights of category k:
+            # ∂S/∂ê_i = U_{ρ_i}, ∂S/∂ŵ_j = V_{κ(j)} with V_k = Σ_{i: ρ_i = k} g_i ê_i.
+            grad_row_sum = grad_row_sum.to(acc)
+            weighted_rows = grad_row_sum[:, None] * unit_embeddings
             if column_category is None:
-                term = per_category.expand(c1 - c0, -1).clone()
+                sums = _category_unit_sums(weight, inv_w, None, 1, block)
+                grad_unit_e.addcmul_(grad_row_sum[:, None], sums[0][None, :])
+                per_category = weighted_rows.sum(dim=0, keepdim=True)
             else:
-                term = per_category[column_category[c0:c1]]
-            project_to_tangent_(term, unit_weight, inv_w[c0:c1])
-            grad_weight[c0:c1] += term.to(grad_weight.dtype)
+                n_categories = _category_count(column_category, row_category)
+                sums = _category_unit_sums(weight, inv_w, column_category, n_categories, block)
+                grad_unit_e.addcmul_(grad_row_sum[:, None], sums[row_category])
+                per_category = torch.zeros_like(sums).index_add_(0, row_category, weighted_rows)
+            for c0 in range(0, n_classes, block):
+                c1 = min(c0 + block, n_classes)
+                unit_weight = weight[c0:c1].to(acc) * inv_w[c0:c1, None]
+                if column_category is None:
+                    term = per_category.expand(c1 - c0, -1).clone()
+                else:
+                    term = per_category[column_category[c0:c1]]
+                project_to_tangent_(term, unit_weight, inv_w[c0:c1])
+                grad_weight[c0:c1] += term.to(grad_weight.dtype)
 
-    # The target terms (the caller's exact target angle of ê and ŵ_t), projected separately:
-    # the normalisation's backward is linear.
-    grad_unit_e += grad_unit_embeddings.to(acc)
-    if n_classes > 0:
-        column = target_col.clamp(min=0)
-        term = torch.where((target_col >= 0)[:, None], grad_unit_targets.to(acc), 0.0)
-        project_to_tangent_(term, unit_targets, inv_w[column])
-        grad_weight.index_add_(0, column, term.to(grad_weight.dtype))
-    grad_embeddings = project_to_tangent_(grad_unit_e, unit_embeddings, inv_e)
-    return grad_embeddings.to(embeddings.dtype), grad_weight
+        # The target terms (the caller's exact target angle of ê and ŵ_t), projected separately:
+        # the normalisation's backward is linear.
+        grad_unit_e += grad_unit_embeddings.to(acc)
+        if n_classes > 0:
+            column = target_col.clamp(min=0)
+            term = torch.where((target_col >= 0)[:, None], grad_unit_targets.to(acc), 0.0)
+            project_to_tangent_(term, unit_targets, inv_w[column])
+            grad_weight.index_add_(0, column, term.to(grad_weight.dtype))
+        grad_embeddings = project_to_tangent_(grad_unit_e, unit_embeddings, inv_e)
+        return grad_embeddings.to(embeddings.dtype), grad_weight
+
+    return backward
 
 
-linear_target_logsumexp_bwd = torch.library.custom_op(
-    "marginkit::linear_target_logsumexp_bwd", mutates_args=(), device_types="cpu"
-)(_backward_kernel)
-linear_target_logsumexp_bwd.register_kernel("cuda")(_backward_kernel)
+linear_target_logsumexp_bwd = custom_op_per_device(
+    "marginkit::linear_target_logsumexp_bwd", _backward_kernel
+)
 
 
 @linear_target_logsumexp_bwd.register_fake
@@ -535,14 +531,7 @@ def linear_target_logsumexp(
     label: Tensor,
     scale: float,
     group: dist.ProcessGroup | None = None,
-    *,
-    ignore_index: int = -100,
-    row_sum: bool = False,
-    column_category: Tensor | None = None,
-    row_category: Tensor | None = None,
-    chunk_size: int | None = None,
-    impl: str | None = None,
-    check_labels: bool = True,
+    **options,
 ) -> TargetLogSumExp:
     r""":func:`~marginkit.ops.target_logsumexp` of the cosines of ``embeddings`` and ``weight``.
 
@@ -554,7 +543,10 @@ def linear_target_logsumexp(
     the same :class:`~marginkit.ops.TargetLogSumExp` as ``target_logsumexp(F.linear(
     F.normalize(embeddings), F.normalize(weight)), label, scale, ...)`` with gradients with
     respect to the raw ``embeddings`` and ``weight``, computed blockwise without the ``(N, C)``
-    cosines. Arguments and ``group`` semantics as :func:`linear_target_terms`.
+    cosines: :func:`linear_target_terms` without the target angle. Arguments, the keyword-only
+    ``options`` (``ignore_index``, ``row_sum``, ``column_category``, ``row_category``,
+    ``chunk_size``, ``impl``, ``check_labels``) and ``group`` semantics are
+    :func:`linear_target_terms`'s.
 
     Example:
         >>> import torch
@@ -563,20 +555,7 @@ def linear_target_logsumexp(
         >>> out.lse_rest.shape, out.cos_target.shape, out.row_sum.shape
         (torch.Size([4]), torch.Size([4]), torch.Size([4]))
     """
-    terms = linear_target_terms(
-        embeddings,
-        weight,
-        label,
-        scale,
-        group,
-        ignore_index=ignore_index,
-        row_sum=row_sum,
-        column_category=column_category,
-        row_category=row_category,
-        chunk_size=chunk_size,
-        impl=impl,
-        check_labels=check_labels,
-    )
+    terms = linear_target_terms(embeddings, weight, label, scale, group, **options)
     return TargetLogSumExp(terms.lse_rest, terms.cos_target, terms.row_sum)
 
 

@@ -28,8 +28,6 @@ group (classes sharded over the ranks) only N-length vectors are all-reduced
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -46,7 +44,7 @@ from marginkit._validation import (
     check_option,
     check_process_group,
 )
-from marginkit.ops._backends import cuda_kernels, default_kernels
+from marginkit.ops._backends import BackendPicker, custom_op_per_device
 from marginkit.ops._distributed import combine_row_statistics, group_name, resolve_group
 from marginkit.ops._dtypes import accumulation_dtype
 from marginkit.ops._targets import gather_target, local_target_column
@@ -67,11 +65,8 @@ class TargetLogSumExp(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-KernelPicker = Callable[[str, str | None], ModuleType]
-
-
-def _forward_kernel(pick_kernels: KernelPicker):
-    """The forward op's kernel for one device; ``pick_kernels(device_type, impl)`` picks the N×C ones."""
+def _forward_kernel(pick_backend: BackendPicker):
+    """The forward op's kernel for one device; ``pick_backend(device_type, impl)`` picks the N×C ones."""
 
     def forward(
         cosines: Tensor,
@@ -90,7 +85,7 @@ def _forward_kernel(pick_kernels: KernelPicker):
         ``target_col`` is the int64 local target column of each row, -1 where this rank has
         none (ignored rows, targets on another rank's shard). ``impl`` is a test hook.
         """
-        kernels = pick_kernels(cosines.device.type, impl)
+        kernels = pick_backend(cosines.device.type, impl).cosine
         acc_dtype = accumulation_dtype(cosines.dtype)
         target_col = local_target_column(
             label, ignore_index, cosines.shape[1], group_name, check_labels
@@ -111,15 +106,8 @@ def _forward_kernel(pick_kernels: KernelPicker):
     return forward
 
 
-def _on_cuda(_device_type: str, impl: str | None) -> ModuleType:
-    return cuda_kernels(impl)
-
-
 # The default kernel (CPU and any non-CUDA device: chunked torch) and the CUDA one (Triton).
-target_logsumexp_fwd = torch.library.custom_op(
-    "marginkit::target_logsumexp_fwd", _forward_kernel(default_kernels), mutates_args=()
-)
-target_logsumexp_fwd.register_kernel("cuda")(_forward_kernel(_on_cuda))
+target_logsumexp_fwd = custom_op_per_device("marginkit::target_logsumexp_fwd", _forward_kernel)
 
 
 @target_logsumexp_fwd.register_fake
@@ -142,7 +130,7 @@ def _target_logsumexp_fwd_fake(
 # ---------------------------------------------------------------------------------------------
 
 
-def _backward_kernel(pick_kernels: KernelPicker):
+def _backward_kernel(pick_backend: BackendPicker):
     """The backward op's kernel of one device registration (N×C kernels as the forward's)."""
 
     def backward(
@@ -162,7 +150,7 @@ def _backward_kernel(pick_kernels: KernelPicker):
         The only N×C allocation of a forward plus backward, in the cosines' dtype (no clamp: an
         overflow is ``inf``).
         """
-        return pick_kernels(cosines.device.type, impl).write_row_softmax(
+        return pick_backend(cosines.device.type, impl).cosine.write_row_softmax(
             cosines,
             target_col,
             lse_rest,
@@ -178,10 +166,7 @@ def _backward_kernel(pick_kernels: KernelPicker):
     return backward
 
 
-target_logsumexp_bwd = torch.library.custom_op(
-    "marginkit::target_logsumexp_bwd", _backward_kernel(default_kernels), mutates_args=()
-)
-target_logsumexp_bwd.register_kernel("cuda")(_backward_kernel(_on_cuda))
+target_logsumexp_bwd = custom_op_per_device("marginkit::target_logsumexp_bwd", _backward_kernel)
 
 
 @target_logsumexp_bwd.register_fake
