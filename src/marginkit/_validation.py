@@ -262,3 +262,101 @@ def check_labels(labels: Tensor, batch_size: int) -> Tensor:
             f"got {tuple(labels.shape)}"
         )
     return labels.long()
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite real number ``>= 0``.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is negative, infinite or NaN.
+
+    Example:
+        >>> check_nonnegative("lamda", 0.5)
+        0.5
+    """
+    value = check_finite_number(name, value)
+    if value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_scale(s: object) -> float:
+    """Return the logit scale ``s`` as a float; ``ValueError`` unless finite and ``> 0``.
+
+    Example:
+        >>> check_scale(64)
+        64.0
+    """
+    return check_finite_number("s", s, positive=True)
+
+
+def check_margin(
+    name: str, value: object, upper: float | None = None, *, lower: float = 0.0
+) -> float:
+    """Return ``value`` as a float if ``lower <= value (< upper)``, else raise ``ValueError``.
+
+    Example:
+        >>> check_margin("m", 0.5, upper=3.14)
+        0.5
+    """
+    value = check_finite_number(name, value)
+    if value < lower or (upper is not None and value >= upper):
+        allowed = f"[{lower:g}, {upper:g})" if upper is not None else f">= {lower:g}"
+        raise ValueError(f"`{name}` must be in {allowed}, got {value}")
+    return value
+
+
+def check_memory_efficient(value: object) -> bool | str:
+    """Return ``value`` if it is ``True``, ``False`` or ``"auto"``, else raise ``ValueError``."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"`memory_efficient` must be True, False or 'auto', got {value!r}")
+    return value
+
+
+def check_labels_and_finite_rows(labels: Tensor, embeddings: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` for a label outside ``[0, num_classes)`` or a non-finite embedding row.
+
+    Both checks share one host read of a single boolean (the one the label range check costs on
+    its own); only on failure does it look further, to name the label or the row.
+    """
+    bad_label = (labels < 0) | (labels >= num_classes)
+    nonfinite = ~torch.isfinite(embeddings).all(dim=1)
+    if not bool((bad_label | nonfinite).any()):
+        return
+    check_label_range(labels, None, num_classes, None, name="labels")
+    row = int(nonfinite.nonzero()[0, 0])
+    value = embeddings[row][~torch.isfinite(embeddings[row])][0].item()
+    raise ValueError(
+        f"`embeddings` must be finite, got {value} at row {row} (a diverged backbone or a bad "
+        "input sample)"
+    )
+
+
+def check_head_inputs(
+    embeddings: object, labels: object, in_features: int, num_classes: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Validate a head's ``(embeddings, labels)`` once; cast the embeddings to the head's ``dtype``.
+
+    ``embeddings``: a non-empty floating ``(N, in_features)`` tensor of finite values;
+    ``labels``: ``(N,)`` or ``(N, 1)`` integer class ids in ``[0, num_classes)`` on the same
+    device. Embeddings of another floating dtype (float16 into a float32 head) are computed in
+    the head's dtype. One host read for the data-dependent part
+    (:func:`check_labels_and_finite_rows`).
+
+    Example:
+        >>> x, y = check_head_inputs(torch.ones(2, 3), torch.tensor([0, 1]), 3, 2, torch.float64)
+        >>> x.dtype, y.tolist()
+        (torch.float64, [0, 1])
+    """
+    check_embeddings(embeddings, in_features)
+    if embeddings.shape[0] == 0:
+        raise ValueError(
+            f"`embeddings` must hold at least one row, got an empty batch {tuple(embeddings.shape)}"
+        )
+    labels = check_labels(labels, embeddings.shape[0])
+    check_same_device("labels", labels, "embeddings", embeddings)
+    check_labels_and_finite_rows(labels, embeddings, num_classes)
+    if embeddings.dtype != dtype:
+        embeddings = embeddings.to(dtype)
+    return embeddings, labels

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from marginkit.losses import GitLoss
-from tests.losses.digits_training import assert_trains, train_on_digits
 
 
 def git_reference(x, centers, labels, lamda_c, lamda_g):
@@ -63,21 +62,8 @@ def test_push_is_bounded_and_zero_weight_leaves_center_loss():
         ({"lamda_c": -1.0}, ValueError, "`lamda_c`"),
         ({"lamda_g": float("nan")}, ValueError, "`lamda_g`"),
         ({"lamda_g": [0.1]}, TypeError, "`lamda_g`"),
-        ({"in_features": 0}, ValueError, "`in_features`"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         GitLoss(**{"num_classes": 3, "in_features": 2, **kwargs})
-
-
-def test_bad_inputs():
-    loss_fn = GitLoss(3, 2)
-    with pytest.raises(ValueError, match="`labels` must be in \\[0, 3\\), got -1 at row 0"):
-        loss_fn(torch.randn(2, 2), torch.tensor([-1, 0]))
-    with pytest.raises(ValueError, match="`embeddings`"):
-        loss_fn(torch.randn(2, 3), torch.tensor([0, 1]))
-
-
-def test_trains_on_digits():
-    assert_trains(train_on_digits(GitLoss(6, 16, lamda_c=1.0, lamda_g=1.0)))

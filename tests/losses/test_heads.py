@@ -18,10 +18,14 @@ from marginkit.losses import (
     AdaFaceLoss,
     ArcFaceLoss,
     ArcFaceLossWithMLP,
+    CenterLoss,
+    COCOLoss,
     CombinedMarginHead,
     CosFaceLoss,
     CurricularFaceLoss,
+    GitLoss,
     L2SoftmaxLoss,
+    LGMLoss,
     MagFaceLoss,
     NormFaceLoss,
     SoftmaxLoss,
@@ -59,10 +63,21 @@ HEADS = {
     "adaface": lambda d, c, **kw: AdaFaceLoss(d, c, s=16.0, **kw),
     "magface": lambda d, c, **kw: MagFaceLoss(d, c, s=16.0, l_a=0.5, u_a=10.0, **kw),
     "svx_softmax": lambda d, c, **kw: SVXSoftmaxLoss(d, c, s=16.0, t=1.2, m3=0.2, **kw),
+    "coco": lambda d, c, **kw: COCOLoss(d, c, alpha=10.0, **kw),
+    "lgm": lambda d, c, **kw: LGMLoss(num_classes=c, in_features=d, **kw),
+    "center": lambda d, c, **kw: CenterLoss(num_classes=c, in_features=d, lamda=1.0, **kw),
+    "git": lambda d, c, **kw: GitLoss(num_classes=c, in_features=d, lamda_c=1.0, lamda_g=1.0, **kw),
 }
 NAMES = sorted(HEADS)
-# Heads whose logits are s·cos (all but the two linear-softmax ones and the MLP head).
-COSINE_HEADS = [n for n in NAMES if n not in {"softmax", "l2softmax", "arcface_mlp"}]
+# The centre regularisers have no classifier logits.
+WITH_LOGITS = [n for n in NAMES if n not in {"center", "git"}]
+# Heads whose logits are s·cos (all but the linear-softmax ones, L-GM and the MLP head).
+COSINE_HEADS = [n for n in WITH_LOGITS if n not in {"softmax", "l2softmax", "arcface_mlp", "lgm"}]
+
+
+def class_weight(head):
+    """The head's ``(rows, D)`` class weight (``centers`` for the centre regularisers)."""
+    return head.centers if isinstance(head, CenterLoss | GitLoss) else head.weight
 
 
 def batch(n: int = 24, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,9 +278,10 @@ def test_registry_weight_shape_and_logits(name):
     head = get_loss(name, in_features=D, num_classes=C, **extra)
     rows = {"subcenter_arcface": C * 3}.get(name, C)
     cols = head.arcface.weight.shape[1] if name == "arcface_mlp" else D
-    assert head.weight.shape == (rows, cols)
+    assert class_weight(head).shape == (rows, cols)
     x, _ = batch(7, torch.float32)
-    assert head.logits(x).shape == (7, C)
+    if name in WITH_LOGITS:
+        assert head.logits(x).shape == (7, C)
 
 
 @pytest.mark.parametrize("name", COSINE_HEADS)
@@ -312,7 +328,7 @@ def test_aligned_and_opposed_embeddings_stay_finite(name, dtype):
     if name == "arcface_mlp":
         x = torch.randn(2 * C, D, dtype=dtype)
     else:
-        w = head.weight.detach()
+        w = class_weight(head).detach()
         rows = w.view(C, -1, D)[:, 0] if name == "subcenter_arcface" else w
         x = torch.cat([rows, -rows]).to(dtype) * 3.0
     x.requires_grad_()
@@ -320,7 +336,7 @@ def test_aligned_and_opposed_embeddings_stay_finite(name, dtype):
     loss.backward()
     assert torch.isfinite(loss).all()
     assert torch.isfinite(x.grad).all()
-    assert torch.isfinite(head.weight.grad).all()
+    assert torch.isfinite(class_weight(head).grad).all()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import AngularMarginLoss, check_margin
 from marginkit.ops import combined_margin_logit
 from marginkit.ops._dtypes import accumulation_dtype
@@ -87,7 +88,6 @@ class AdaFaceLoss(AngularMarginLoss):
             raise ValueError("`t_alpha` must be in (0, 1], got 0.0")
         self.register_buffer("batch_mean", torch.full((), 20.0))
         self.register_buffer("batch_std", torch.full((), 100.0))
-        self.last_logs: dict[str, float] = {}
 
     def _norms(self, embeddings: Tensor) -> Tensor:
         acc = accumulation_dtype(self.weight.dtype)
@@ -115,8 +115,8 @@ class AdaFaceLoss(AngularMarginLoss):
         if self.training:
             self.update_statistics(embeddings)
             self.last_logs = {
-                "adaface_norm_mean": float(self.batch_mean),
-                "adaface_norm_std": float(self.batch_std),
+                "adaface_norm_mean": detached(self.batch_mean),
+                "adaface_norm_std": detached(self.batch_std),
             }
         return super().per_row_loss(embeddings, labels)
 

@@ -113,7 +113,7 @@ class Combined(nn.Module):
                 name = f"{base}_{repeat}"
             names.append(name)
         self.part_names = names
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def _first_with(self, attribute: str) -> nn.Module:
         for part in self.losses:
@@ -157,9 +157,9 @@ class Combined(nn.Module):
                     f"returned {tuple(value.shape)} and the ones before {tuple(total.shape)} "
                     "(use the same `reduction` in every part)"
                 )
-            logs[f"{name}/loss"] = float(value.detach().float().mean())
+            logs[f"{name}/loss"] = value.detach().float().mean()
             for key, logged in getattr(part, "last_logs", {}).items():
-                logs[f"{name}/{key}"] = float(logged)
+                logs[f"{name}/{key}"] = logged
             total = weight * value if total is None else total + weight * value
         self.last_logs = logs
         return total

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import (
     AngularMarginLoss,
     check_margin,
@@ -74,7 +75,6 @@ class CurricularFaceLoss(AngularMarginLoss):
         self.m = check_margin("m", m, upper=math.pi)
         self.momentum = check_margin("momentum", momentum, upper=1.0 + 1e-12)
         self.register_buffer("t", torch.zeros(()))
-        self.last_logs: dict[str, float] = {}
 
     def target_logit(
         self, cos: Tensor, theta: Tensor, embeddings: Tensor, labels: Tensor
@@ -86,7 +86,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         if self.training:
             with torch.no_grad():
                 self.t.mul_(1.0 - self.momentum).add_(self.momentum * cos.mean().to(self.t.dtype))
-            self.last_logs = {"curricular_t": float(self.t)}
+            self.last_logs = {"curricular_t": detached(self.t)}
         phi = self.target_logit(cos, theta, embeddings, labels)
         hard_threshold = combined_margin_logit(cos, theta, 1.0, self.m, 0.0, "none").detach()
         t = self.t.to(phi.dtype)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import AngularMarginLoss, check_margin
 from marginkit.ops import combined_margin_logit
 from marginkit.ops._dtypes import accumulation_dtype
@@ -90,7 +91,6 @@ class MagFaceLoss(AngularMarginLoss):
         if not isinstance(easy_margin, bool):
             raise TypeError(f"`easy_margin` must be a bool, got {type(easy_margin).__name__}")
         self.easy_margin = easy_margin
-        self.last_logs: dict[str, float] = {}
 
     def magnitude(self, embeddings: Tensor) -> Tensor:
         r""":math:`a_i = \operatorname{clamp}(\lVert x_i\rVert, l_a, u_a)`, ``(N,)``, differentiable."""
@@ -120,8 +120,8 @@ class MagFaceLoss(AngularMarginLoss):
         regularizer = self.regularizer(magnitude)
         if self.training:
             self.last_logs = {
-                "magface_regularizer": float(regularizer.detach().mean()),
-                "magface_magnitude": float(magnitude.detach().mean()),
+                "magface_regularizer": detached(regularizer.mean()),
+                "magface_magnitude": detached(magnitude.mean()),
             }
         loss = super().per_row_loss(embeddings, labels)
         return loss + self.lambda_g * regularizer.to(loss.dtype)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marginkit._validation import check_finite_number, check_labels, check_option
+from marginkit.losses._head import detached
 from marginkit.losses._loss_utils import reduce_loss
 from marginkit.ops import REDUCTIONS
 
@@ -93,7 +94,7 @@ class MPSLoss(nn.Module):
             raise ValueError(f"`m` must be a finite number >= 0, got {self.m}")
         check_option("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def pair_loss(self, first: Tensor, second: Tensor) -> Tensor:
         """Return the MPS loss of two aligned ``(M, D)`` batches, ``M >= 2``."""
@@ -137,8 +138,8 @@ class MPSLoss(nn.Module):
             excluded = excluded | same_label
         impostor = torch.maximum(scores, scores.T).masked_fill(excluded, float("-inf")).amax(1)
         self.last_logs = {
-            "genuine": float(genuine.detach().mean()),
-            "impostor": float(impostor.detach().mean()),
+            "genuine": detached(genuine.mean()),
+            "impostor": detached(impostor.mean()),
             "pairs": float(scores.shape[0]),
         }
         return torch.relu(self.m + impostor - genuine)

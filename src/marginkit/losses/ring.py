@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from marginkit._validation import check_finite_number, check_labels, check_option
-from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
+from marginkit._validation import check_finite_number, check_labels, check_nonnegative, check_option
+from marginkit.losses._head import detached
+from marginkit.losses._loss_utils import reduce_loss
 from marginkit.ops import REDUCTIONS
 
 
@@ -50,7 +51,7 @@ class RingLoss(nn.Module):
         # In the state dict, so a resumed run does not re-initialise R from its first batch.
         self.register_buffer("radius_initialised", torch.tensor(r_init is not None))
         self._initialisation_checked = r_init is not None
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
         """Return :math:`\\frac{\\lambda}{2}(\\lVert x_i\\rVert - R)^2`, reduced over rows."""
@@ -71,7 +72,7 @@ class RingLoss(nn.Module):
                     self.radius_initialised.fill_(True)
             self._initialisation_checked = True
         loss = 0.5 * self.lamda * (norms - self.radius).pow(2)
-        self.last_logs = {"radius": float(self.radius.detach())}
+        self.last_logs = {"radius": detached(self.radius)}
         return reduce_loss(loss, self.reduction)
 
     def extra_repr(self) -> str:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginkit._validation import check_embeddings, check_labels, check_positive_int
-from marginkit.losses.angular_margin import check_margin, prepare_inputs
+from marginkit.losses.angular_margin import check_margin
 from marginkit.losses.arcface import ArcFaceLoss
 
 
@@ -124,9 +124,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         A majority vote over the given samples (ties: the lowest index); ``-1`` for a class
         without samples. Call it on the whole training set (or sum the votes yourself).
         """
-        embeddings, labels = prepare_inputs(
-            embeddings, labels, self.in_features, self.num_classes, self.weight.dtype
-        )
+        embeddings, labels = self.validate(embeddings, labels)
         closest = self.closest_sub_centers(embeddings, labels)
         votes = torch.zeros(
             self.num_classes, self.sub_centers, dtype=torch.long, device=labels.device
