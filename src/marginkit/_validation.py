@@ -360,3 +360,27 @@ def check_head_inputs(
     if embeddings.dtype != dtype:
         embeddings = embeddings.to(dtype)
     return embeddings, labels
+
+
+def check_arcface_fallback(margin_fallback: str, m1: object) -> None:
+    r"""Raise ``ValueError`` for ``margin_fallback="arcface"`` with ``m1`` other than the float 1.
+
+    insightface's continuation :math:`\cos\theta - m_2\sin m_2 - m_3` past
+    :math:`m_1\theta + m_2 = \pi` is made for :math:`m_1 = 1`; with :math:`m_1 \ne 1` the target
+    logit jumps up at :math:`\theta^* = (\pi - m_2)/m_1` (for ``(2, 0.3, 0)``: −1.0 just before,
+    +0.06 just after), so the loss would fall as a sample leaves its class.
+    ``margin_fallback="monotonic"`` is continuous and decreasing for every ``m1``.
+
+    Example:
+        >>> check_arcface_fallback("arcface", 1.0)
+        >>> check_arcface_fallback("monotonic", 2.0)
+    """
+    if margin_fallback != "arcface":
+        return
+    if isinstance(m1, bool) or not isinstance(m1, numbers.Real) or float(m1) != 1.0:
+        shown = f"a {type(m1).__name__}" if isinstance(m1, Tensor) else repr(m1)
+        raise ValueError(
+            "`margin_fallback='arcface'` needs `m1` = 1 (its continuation cos θ − m2·sin(m2) − "
+            "m3 makes the target logit jump up at θ = (π − m2)/m1 otherwise); use "
+            f"margin_fallback='monotonic' for m1 != 1, got m1={shown}"
+        )

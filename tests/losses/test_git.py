@@ -67,3 +67,16 @@ def test_push_is_bounded_and_zero_weight_leaves_center_loss():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         GitLoss(**{"num_classes": 3, "in_features": 2, **kwargs})
+
+
+def test_push_is_exact_for_large_features_near_a_centre():
+    """float32 at |x| ≈ 3e3: ‖x‖² + ‖c‖² − 2x·c cancels (8% off); the differences do not."""
+    torch.manual_seed(0)
+    loss_fn = GitLoss(4, 8, lamda_c=0.0, lamda_g=1.0, reduction="none")
+    offset = torch.full((8,), 3e3 / 8**0.5)
+    with torch.no_grad():
+        loss_fn.centers.copy_(offset + torch.randn(4, 8))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    x = offset + torch.randn(6, 8)
+    _, push = git_reference(x.double(), loss_fn.centers.detach().double(), labels, 0.0, 1.0)
+    torch.testing.assert_close(loss_fn(x, labels).double(), push, rtol=1e-4, atol=0)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from marginkit._validation import check_nonnegative
 from marginkit.losses._head import ClassWeightHead, detached
 from marginkit.losses.center import squared_distance_to_centre
+from marginkit.ops._dtypes import accumulation_dtype
 
 
 class GitLoss(ClassWeightHead):
@@ -25,8 +26,9 @@ class GitLoss(ClassWeightHead):
     softmax head (``Combined([SoftmaxLoss(...), GitLoss(...)])``).
 
     The centres are parameters (see :class:`~marginkit.losses.CenterLoss`). The push term forms
-    the ``(N, num_classes)`` matrix of squared distances (:math:`\lVert x\rVert^2 +
-    \lVert c\rVert^2 - 2x\cdot c`, clamped at 0): one N×C buffer and its gradient.
+    the ``(N, num_classes)`` matrix of distances from the differences :math:`x_i - c_j` (exact
+    for large features near a centre, without an N×C×D temporary): one N×C buffer and its
+    gradient.
 
     Args:
         num_classes: number of training classes, ``>= 2``.
@@ -71,11 +73,14 @@ class GitLoss(ClassWeightHead):
     def per_row_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         x = embeddings
         pull = 0.5 * self.lamda_c * squared_distance_to_centre(x, self.centers, labels)
-        squared = (
-            x.pow(2).sum(1, keepdim=True)
-            + self.centers.pow(2).sum(1)[None, :]
-            - 2.0 * (x @ self.centers.T)
-        ).clamp(min=0.0)
+        # From the differences (as CenterLoss), not ‖x‖² + ‖c‖² − 2x·c, which cancels for large
+        # features close to a centre (8% off in float32 at |x| ≈ 3e3).
+        # (in float32 at least: cdist has no half-precision CPU kernel).
+        acc = accumulation_dtype(x.dtype)
+        distance = torch.cdist(
+            x[None].to(acc), self.centers[None].to(acc), compute_mode="donot_use_mm_for_euclid_dist"
+        )[0]
+        squared = distance.pow(2).to(x.dtype)
         closeness = torch.reciprocal(1.0 + squared)
         rows = torch.arange(x.shape[0], device=x.device)
         closeness = closeness.index_put((rows, labels), torch.zeros((), dtype=closeness.dtype))

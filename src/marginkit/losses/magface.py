@@ -29,9 +29,10 @@ class MagFaceLoss(AngularMarginLoss):
 
     The margin's gradient reaches the norm, so high-quality samples are pulled to larger
     magnitudes and the norm becomes a quality score; :math:`g` keeps the norms from collapsing.
-    The target logit uses ArcFace's continuation :math:`\cos\theta - m\sin m` past
-    :math:`\theta + m = \pi` (``easy_margin=False``, as the official ``MagLinear``) or the
-    easy margin. ``last_logs`` holds the batch's mean regulariser and mean magnitude.
+    The target logit uses the easy margin by default (the margin only where
+    :math:`\cos\theta > 0`, elsewhere :math:`\cos\theta`): the official ``MagLinear``
+    defaults to ``easy_margin=True`` and its model builders never pass it. ``easy_margin=False``
+    gives ArcFace's continuation :math:`\cos\theta - m\sin m` past :math:`\theta + m = \pi`. ``last_logs`` holds the batch's mean regulariser and mean magnitude.
 
     Note the magnitudes are those of the embeddings the head receives; the defaults are the
     paper's (iResNet-100 features with norms 10–110). A small backbone whose norms sit below
@@ -47,7 +48,8 @@ class MagFaceLoss(AngularMarginLoss):
         l_a, u_a: magnitude range, ``0 < l_a < u_a``. Default 10, 110.
         l_m, u_m: margin range in radians, ``0 <= l_m <= u_m < pi``. Default 0.45, 0.8.
         lambda_g: weight of the regulariser, ``>= 0``. Default 35.
-        easy_margin: apply the margin only to positive target cosines.
+        easy_margin: apply the margin only to positive target cosines. Default ``True`` (the
+            official code's).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
             fused normalised-linear op (see :class:`~marginkit.losses.AngularMarginLoss`).
@@ -70,7 +72,7 @@ class MagFaceLoss(AngularMarginLoss):
         l_m: float = 0.45,
         u_m: float = 0.8,
         lambda_g: float = 35.0,
-        easy_margin: bool = False,
+        easy_margin: bool = True,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
     ) -> None:
