@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from marginkit.losses import (
+    AdaCosLoss,
     AdaFaceLoss,
     ArcFaceLoss,
     ArcFaceLossWithMLP,
@@ -65,6 +66,7 @@ HEADS = {
     "magface": lambda d, c, **kw: MagFaceLoss(d, c, s=16.0, l_a=0.5, u_a=10.0, **kw),
     "svx_softmax": lambda d, c, **kw: SVXSoftmaxLoss(d, c, s=16.0, t=1.2, m3=0.2, **kw),
     "coco": lambda d, c, **kw: COCOLoss(d, c, alpha=10.0, **kw),
+    "adacos": lambda d, c, **kw: AdaCosLoss(d, c, **kw),
     "lgm": lambda d, c, **kw: LGMLoss(num_classes=c, in_features=d, **kw),
     "center": lambda d, c, **kw: CenterLoss(num_classes=c, in_features=d, lamda=1.0, **kw),
     "git": lambda d, c, **kw: GitLoss(num_classes=c, in_features=d, lamda_c=1.0, lamda_g=1.0, **kw),

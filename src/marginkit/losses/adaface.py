@@ -51,7 +51,7 @@ class AdaFaceLoss(AngularMarginLoss):
         num_classes: number of training classes.
         m: margin, ``[0, pi/2)``. Default 0.4.
         h: concentration :math:`h > 0` of the normalised norm. Default 0.333.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         t_alpha: momentum of the norm statistics, ``(0, 1]``. Default 0.01 (the paper's).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
@@ -71,7 +71,7 @@ class AdaFaceLoss(AngularMarginLoss):
         num_classes: int,
         m: float = 0.4,
         h: float = 0.333,
-        s: float = 64.0,
+        s: float | str = 64.0,
         t_alpha: float = 0.01,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",

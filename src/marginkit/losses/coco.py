@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marginkit._validation import check_finite_number
+from marginkit.losses.angular_margin import resolve_scale
 from marginkit.losses.normface import NormFaceLoss
 
 
@@ -25,7 +25,8 @@ class COCOLoss(NormFaceLoss):
         in_features: embedding dimension.
         num_classes: number of training classes; the centroids ``weight`` have shape
             ``(num_classes, in_features)`` like ``nn.Linear``.
-        alpha: feature scale :math:`\alpha > 0` (``s``). Default 6.25 (common
+        alpha: feature scale :math:`\alpha > 0` (``s``), or ``"auto"`` (AdaCos's
+            :math:`\sqrt{2}\log(C-1)`). Default 6.25 (common
             re-implementations' value; larger for many classes, as NormFace's ``s``).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: as :class:`~marginkit.losses.AngularMarginLoss`.
@@ -41,14 +42,14 @@ class COCOLoss(NormFaceLoss):
         self,
         in_features: int,
         num_classes: int,
-        alpha: float = 6.25,
+        alpha: float | str = 6.25,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
     ) -> None:
         super().__init__(
             in_features,
             num_classes,
-            s=check_finite_number("alpha", alpha, positive=True),
+            s=resolve_scale(alpha, num_classes, name="alpha") if alpha != "auto" else "auto",
             reduction=reduction,
             memory_efficient=memory_efficient,
         )

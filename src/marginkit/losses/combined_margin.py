@@ -117,7 +117,7 @@ class CombinedMarginHead(AngularMarginLoss):
         m1: multiplicative angular margin, ``> 0``.
         m2: additive angular margin in radians, ``[0, pi)``.
         m3: additive cosine margin, ``>= 0``.
-        s: logit scale.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
         margin_fallback: ``"monotonic"`` (default), ``"arcface"``, ``"easy"`` or ``"none"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
@@ -138,7 +138,7 @@ class CombinedMarginHead(AngularMarginLoss):
         m1: float = 1.0,
         m2: float = 0.5,
         m3: float = 0.0,
-        s: float = 64.0,
+        s: float | str = 64.0,
         margin_fallback: str = "monotonic",
         reduction: str = "mean",
         grad_mode: str = "exact",

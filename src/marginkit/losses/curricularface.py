@@ -47,7 +47,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         in_features: embedding dimension.
         num_classes: number of training classes.
         m: additive angular margin in radians, ``[0, pi)``. Default 0.5.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         momentum: :math:`\alpha` of the running :math:`t`, in ``[0, 1]``. Default 0.01.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -67,7 +67,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         momentum: float = 0.01,
         reduction: str = "mean",
     ) -> None:

@@ -44,7 +44,7 @@ class MagFaceLoss(AngularMarginLoss):
     Args:
         in_features: embedding dimension.
         num_classes: number of training classes.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         l_a, u_a: magnitude range, ``0 < l_a < u_a``. Default 10, 110.
         l_m, u_m: margin range in radians, ``0 <= l_m <= u_m < pi``. Default 0.45, 0.8.
         lambda_g: weight of the regulariser, ``>= 0``. Default 35.
@@ -66,7 +66,7 @@ class MagFaceLoss(AngularMarginLoss):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 64.0,
+        s: float | str = 64.0,
         l_a: float = 10.0,
         u_a: float = 110.0,
         l_m: float = 0.45,

@@ -42,7 +42,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         num_classes: number of training classes.
         sub_centers: ``K >= 1`` (the paper's 3; ``K = 1`` is ArcFace).
         m: additive angular margin in radians, ``[0, pi)``.
-        s: logit scale.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
         easy_margin: apply the margin only to positive target cosines.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         grad_mode: ``"exact"`` or ``"straight_through"``.
@@ -69,7 +69,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         num_classes: int,
         sub_centers: int = 3,
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         easy_margin: bool = False,
         reduction: str = "mean",
         grad_mode: str = "exact",

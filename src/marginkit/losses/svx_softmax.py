@@ -50,7 +50,8 @@ class SVXSoftmaxLoss(AngularMarginLoss):
     Args:
         in_features: embedding dimension.
         num_classes: number of training classes.
-        s: logit scale. Default 32 (the paper's).
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
+            Default 32 (the paper's).
         t: re-weighting of mis-classified negatives, ``>= 1`` (the paper uses 1.2). Default 1.
         m1: multiplicative angular margin, ``> 0``. Default 1.
         m2: additive angular margin in radians, ``[0, pi)``. Default 0.
@@ -71,7 +72,7 @@ class SVXSoftmaxLoss(AngularMarginLoss):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 32.0,
+        s: float | str = 32.0,
         t: float = 1.0,
         m1: float = 1.0,
         m2: float = 0.0,
@@ -90,7 +91,7 @@ class SVXSoftmaxLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         *,
-        s: float,
+        s: float | str,
         t: float,
         m1: float,
         m2: float,
