@@ -10,14 +10,13 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from marginkit._validation import check_chunking, check_top_k
 from marginkit.metrics._plot import figure_and_axes
 from marginkit.metrics.functional._knn import DEFAULT_MEMORY_BUDGET
 from marginkit.metrics.functional.retrieval import (
-    _check_chunking,
     _check_distance,
     _check_knn_backend,
     _check_metrics,
-    _check_top_k,
     _result_names,
     _retrieval_compute,
     _retrieval_update,
@@ -101,9 +100,9 @@ class RetrievalMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.top_k = _check_top_k(top_k)
+        self.top_k = check_top_k(top_k)
         self.metrics = _check_metrics(metrics)
-        _check_chunking(chunk_size, memory_budget)
+        check_chunking(chunk_size, memory_budget)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.distance = _check_distance(distance)

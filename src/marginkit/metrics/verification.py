@@ -10,10 +10,9 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from marginkit._validation import check_far_targets, check_n_folds
 from marginkit.metrics._plot import figure_and_axes
 from marginkit.metrics.functional.verification import (
-    _check_far_targets,
-    _check_n_folds,
     _check_verification_distance,
     _pair_scores,
     _roc,
@@ -78,8 +77,8 @@ class VerificationMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.far_targets = _check_far_targets(far_targets)
-        self.n_folds = _check_n_folds(n_folds)
+        self.far_targets = check_far_targets(far_targets)
+        self.n_folds = check_n_folds(n_folds)
         self.distance = _check_verification_distance(distance)
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("issame", default=[], dist_reduce_fx="cat")

@@ -1,70 +1,12 @@
-"""Argument checks shared by the ops, the losses and the miners (one place, one error type per mistake).
-
-A wrong *type* raises ``TypeError``, a bad *value* ``ValueError``; every message names the
-argument and what was allowed.
-
-Two kinds, kept apart on purpose:
-
-* **static** checks (:func:`check_static_arguments`): types, shapes, dtypes, devices and option
-  strings. They read metadata only, never tensor data, so they cost nothing on the device, run
-  in the Python wrappers, and ``torch.compile`` traces through them without a graph break.
-* the **label range** check (:func:`check_label_range`), which is data dependent: it runs inside
-  the op kernels (opaque to ``torch.compile``), costs O(N) and one device-to-host read of a single
-  boolean (a sync on CUDA); only when it fails does it look further, to name the offending label
-  and row.
-"""
+"""Checks of tensors: types, shapes, dtypes, devices, labels, finiteness (the data-dependent
+ones cost one host read of a single boolean, and look further only on failure)."""
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import torch
 from torch import Tensor
 
-REDUCTIONS = ("mean", "sum", "none")
-IMPLS = (None, "torch", "triton")
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_option(name: str, value: object, allowed: tuple) -> None:
-    """Raise unless ``value`` is one of ``allowed``: ``TypeError`` for a non-string, else ``ValueError``.
-
-    ``None`` is a value like the strings (allowed where ``allowed`` lists it).
-    """
-    if value is None or isinstance(value, str):
-        if value not in allowed:
-            raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
-        return
-    raise TypeError(f"`{name}` must be one of {allowed}, got {type(value).__name__} {value!r}")
-
-
-def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_process_group(group: object) -> None:
-    """Raise ``TypeError`` unless ``group`` is a ``torch.distributed`` process group or ``None``."""
-    import torch.distributed as dist
-
-    if group is not None and not isinstance(group, dist.ProcessGroup):
-        raise TypeError(
-            f"`group` must be a torch.distributed ProcessGroup or None, got {type(group).__name__}"
-        )
-
-
-def check_finite_number(name: str, value: object, *, positive: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite real number (``> 0`` with ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0):
-        wanted = "a finite number > 0" if positive else "a finite number"
-        raise ValueError(f"`{name}` must be {wanted}, got {value}")
-    return value
 
 
 def check_tensor(name: str, value: object) -> Tensor:
@@ -181,24 +123,6 @@ def check_categories(
         check_same_device(name, value, *device_of)
 
 
-def check_margins(
-    m1: object, m2: object, m3: object, names: tuple[str, str, str]
-) -> tuple[float, float, float]:
-    """Return the margins as floats: ``TypeError`` for a non-number, ``ValueError`` unless finite
-    with the first one ``> 0``."""
-    return (
-        check_finite_number(names[0], m1, positive=True),
-        check_finite_number(names[1], m2),
-        check_finite_number(names[2], m3),
-    )
-
-
-def check_ignore_index(ignore_index: object) -> None:
-    """Raise ``TypeError`` unless ``ignore_index`` is an ``int``."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
-
-
 def check_label_range(
     label: Tensor,
     valid: Tensor | None,
@@ -223,15 +147,6 @@ def check_label_range(
     if ignore_index is not None:
         allowed += f" or equal to `ignore_index` ({ignore_index})"
     raise ValueError(f"`{name}` must be in {allowed}, got {int(label[row])} at row {row}")
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` if it is a positive ``int``, else raise ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be positive, got {value}")
-    return value
 
 
 def check_embeddings(embeddings: Tensor, in_features: int) -> None:
@@ -262,56 +177,6 @@ def check_labels(labels: Tensor, batch_size: int) -> Tensor:
             f"got {tuple(labels.shape)}"
         )
     return labels.long()
-
-
-def check_nonnegative(name: str, value: object) -> float:
-    """Return ``value`` as a float if it is a finite real number ``>= 0``.
-
-    Raises:
-        TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is negative, infinite or NaN.
-
-    Example:
-        >>> check_nonnegative("lamda", 0.5)
-        0.5
-    """
-    value = check_finite_number(name, value)
-    if value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
-    return value
-
-
-def check_scale(s: object) -> float:
-    """Return the logit scale ``s`` as a float; ``ValueError`` unless finite and ``> 0``.
-
-    Example:
-        >>> check_scale(64)
-        64.0
-    """
-    return check_finite_number("s", s, positive=True)
-
-
-def check_margin(
-    name: str, value: object, upper: float | None = None, *, lower: float = 0.0
-) -> float:
-    """Return ``value`` as a float if ``lower <= value (< upper)``, else raise ``ValueError``.
-
-    Example:
-        >>> check_margin("m", 0.5, upper=3.14)
-        0.5
-    """
-    value = check_finite_number(name, value)
-    if value < lower or (upper is not None and value >= upper):
-        allowed = f"[{lower:g}, {upper:g})" if upper is not None else f">= {lower:g}"
-        raise ValueError(f"`{name}` must be in {allowed}, got {value}")
-    return value
-
-
-def check_memory_efficient(value: object) -> bool | str:
-    """Return ``value`` if it is ``True``, ``False`` or ``"auto"``, else raise ``ValueError``."""
-    if not (isinstance(value, bool) or value == "auto"):
-        raise ValueError(f"`memory_efficient` must be True, False or 'auto', got {value!r}")
-    return value
 
 
 def check_labels_and_finite_rows(labels: Tensor, embeddings: Tensor, num_classes: int) -> None:
@@ -362,25 +227,39 @@ def check_head_inputs(
     return embeddings, labels
 
 
-def check_arcface_fallback(margin_fallback: str, m1: object) -> None:
-    r"""Raise ``ValueError`` for ``margin_fallback="arcface"`` with ``m1`` other than the float 1.
+def check_finite_rows(name: str, values: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name``, the first non-finite value and its row.
 
-    insightface's continuation :math:`\cos\theta - m_2\sin m_2 - m_3` past
-    :math:`m_1\theta + m_2 = \pi` is made for :math:`m_1 = 1`; with :math:`m_1 \ne 1` the target
-    logit jumps up at :math:`\theta^* = (\pi - m_2)/m_1` (for ``(2, 0.3, 0)``: −1.0 just before,
-    +0.06 just after), so the loss would fall as a sample leaves its class.
-    ``margin_fallback="monotonic"`` is continuous and decreasing for every ``m1``.
+    One host read of a single boolean; the search for the row only happens on failure.
 
     Example:
-        >>> check_arcface_fallback("arcface", 1.0)
-        >>> check_arcface_fallback("monotonic", 2.0)
+        >>> check_finite_rows("scores", torch.tensor([0.5, float("nan")]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `scores` must be finite, got nan at row 1
     """
-    if margin_fallback != "arcface":
+    flat = values.detach().reshape(values.shape[0], -1) if values.ndim else values.reshape(1, 1)
+    finite = torch.isfinite(flat).all(1)
+    if bool(finite.all()):
         return
-    if isinstance(m1, bool) or not isinstance(m1, numbers.Real) or float(m1) != 1.0:
-        shown = f"a {type(m1).__name__}" if isinstance(m1, Tensor) else repr(m1)
-        raise ValueError(
-            "`margin_fallback='arcface'` needs `m1` = 1 (its continuation cos θ − m2·sin(m2) − "
-            "m3 makes the target logit jump up at θ = (π − m2)/m1 otherwise); use "
-            f"margin_fallback='monotonic' for m1 != 1, got m1={shown}"
-        )
+    row = int((~finite).nonzero()[0, 0])
+    bad = flat[row][~torch.isfinite(flat[row])][0].item()
+    raise ValueError(f"`{name}` must be finite, got {bad} at row {row}")
+
+
+def check_features_and_labels(features: object, labels: object) -> Tensor:
+    """Check a (B, D) floating, finite ``features`` batch and its (B,) integer ``labels``.
+
+    The inputs of the miners and the pair/triplet losses. Returns the labels as a 1-D int64
+    tensor. One device-to-host read (the finiteness check): nothing trains on with NaN or
+    infinite embeddings.
+    """
+    features = check_tensor("features", features)
+    if features.ndim != 2:
+        raise ValueError(f"`features` must have shape (B, D), got {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"`features` must be floating point, got {features.dtype}")
+    labels = check_labels(labels, features.shape[0])
+    check_same_device("labels", labels, "features", features)
+    check_finite_rows("features", features)
+    return labels
