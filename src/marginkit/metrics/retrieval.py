@@ -12,6 +12,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from marginkit._validation import check_chunking, check_top_k
 from marginkit.metrics._plot import figure_and_axes
+from marginkit.metrics.direction import directions
 from marginkit.metrics.functional._knn import DEFAULT_MEMORY_BUDGET
 from marginkit.metrics.functional.retrieval import (
     _check_distance,
@@ -79,7 +80,8 @@ class RetrievalMetrics(Metric):
     """
 
     is_differentiable = False
-    higher_is_better = True
+    # Mixed directions (see higher_is_better_by_name): no single answer.
+    higher_is_better = None
     full_state_update = False
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
@@ -111,6 +113,11 @@ class RetrievalMetrics(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("is_query", default=[], dist_reduce_fx="cat")
         self.add_state("is_gallery", default=[], dist_reduce_fx="cat")
+
+    @property
+    def higher_is_better_by_name(self) -> dict[str, bool]:
+        """``{result key: whether larger is better}`` (:mod:`marginkit.metrics.direction`)."""
+        return directions(self.names)
 
     @property
     def names(self) -> list[str]:
