@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from marginkit._validation.tensors import check_finite_rows
+from marginkit._validation.tensors import check_finite_rows, check_labels
 
 
 def check_choice(name: str, value: object, allowed: tuple) -> object:
@@ -88,17 +88,7 @@ def check_embedding_matrix(name: str, embeddings: object, dim: int | None = None
 
 def check_label_vector(name: str, labels: object, size: int, device: torch.device) -> Tensor:
     """Return ``labels`` ``(size,)`` (or ``(size, 1)``) integer as int64 on ``device``."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"`{name}` must be an integer tensor, got {labels.dtype}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1 or labels.shape[0] != size:
-        raise ValueError(
-            f"`{name}` must have shape ({size},) to match the embeddings, got {tuple(labels.shape)}"
-        )
-    return labels.to(device=device, dtype=torch.long)
+    return check_labels(labels, size, name).to(device)
 
 
 def check_flags(name: str, flags: object, size: int, device: torch.device) -> Tensor:

@@ -160,20 +160,20 @@ def check_embeddings(embeddings: Tensor, in_features: int) -> None:
         raise ValueError(f"`embeddings` must be floating point, got {embeddings.dtype}")
 
 
-def check_labels(labels: Tensor, batch_size: int) -> Tensor:
+def check_labels(labels: object, batch_size: int, name: str = "labels") -> Tensor:
     """Return ``labels`` as a 1-D int64 tensor after checking its batch size and dtype.
 
-    Metadata only (no device work); the range check is the op's
-    :func:`check_label_range`.
+    ``(N,)`` or ``(N, 1)`` integers; ``name`` is what the messages call it. Metadata only (no
+    device work); the range check is the op's :func:`check_label_range`.
     """
-    check_tensor("labels", labels)
+    check_tensor(name, labels)
     if not _is_integer(labels):
-        raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+        raise ValueError(f"`{name}` must be an integer tensor, got {labels.dtype}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != batch_size:
         raise ValueError(
-            f"`labels` must have shape ({batch_size},) to match the embeddings, "
+            f"`{name}` must have shape ({batch_size},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
     return labels.long()

@@ -272,26 +272,15 @@ class AngularMarginLoss(ClassWeightHead):
         again.
         """
         smoothing = self.smoothing_epsilon > 0
+        options = {
+            "row_sum": smoothing,
+            "column_category": self.column_category if smoothing else None,
+            "row_category": self._row_category(labels) if smoothing else None,
+            "check_labels": False,
+        }
         if self.uses_memory_efficient():
-            return linear_target_logsumexp(
-                embeddings,
-                self.weight,
-                labels,
-                self.s,
-                row_sum=smoothing,
-                column_category=self.column_category if smoothing else None,
-                row_category=self._row_category(labels) if smoothing else None,
-                check_labels=False,
-            )
-        return target_logsumexp(
-            self.cosine(embeddings),
-            labels,
-            self.s,
-            row_sum=smoothing,
-            column_category=self.column_category if smoothing else None,
-            row_category=self._row_category(labels) if smoothing else None,
-            check_labels=False,
-        )
+            return linear_target_logsumexp(embeddings, self.weight, labels, self.s, **options)
+        return target_logsumexp(self.cosine(embeddings), labels, self.s, **options)
 
     def uses_memory_efficient(self) -> bool:
         """Whether :meth:`non_target_logsumexp` runs on the fused normalised-linear op."""
