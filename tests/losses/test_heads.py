@@ -491,3 +491,13 @@ def test_softmax_memory_efficient_is_the_same_loss_and_gradients(setting, monkey
     torch.testing.assert_close(head.weight.grad, w_ref.grad, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="`memory_efficient` must be True, False or 'auto'"):
         SoftmaxLoss(D, C, memory_efficient="yes")
+
+
+def test_l2softmax_memory_efficient_is_the_same_loss(monkeypatch):
+    import marginkit.losses.softmax as softmax_module
+
+    monkeypatch.setattr(softmax_module, "_CHUNK_LOGITS", 2 * C)
+    chunked = L2SoftmaxLoss(D, C, alpha=5.0, memory_efficient=True).double()
+    x, y = batch(7)
+    expected = cross_entropy_rows(5.0 * unit(x) @ chunked.weight.detach().T, y).mean()
+    torch.testing.assert_close(chunked(x, y), expected, rtol=1e-12, atol=1e-12)

@@ -45,8 +45,9 @@ class Combined(nn.Module):
 
     * ``weight``, ``logits(embeddings)``, ``in_features``, ``num_classes``: those of the first
       part that has them (the classifier);
-    * ``last_logs``: ``"<part>/loss"`` (the part's unweighted value, its mean when unreduced) for
-      every part, and each part's own ``last_logs`` as ``"<part>/<key>"``. ``<part>`` is the
+    * ``last_logs``: ``"<part>/loss"`` (the part's unweighted value, its mean when unreduced, a
+      detached tensor: no host read per step) for every part, and each part's own
+      ``last_logs`` as ``"<part>/<key>"``. ``<part>`` is the
       part's registry name (``arcface``, ``center``, ...), suffixed ``_2``, ``_3`` on repeats;
     * ``requires_balanced_batches`` / ``min_instances_per_class``: set if any part needs them.
 
