@@ -16,6 +16,17 @@ def check_tensor(name: str, value: object) -> Tensor:
     return value
 
 
+def check_floating_matrix(name: str, value: object) -> Tensor:
+    """Return ``value`` if it is a floating ``(N, D)`` tensor: ``TypeError`` / ``ValueError``."""
+    value = check_tensor(name, value)
+    if value.ndim != 2 or not value.is_floating_point():
+        raise ValueError(
+            f"`{name}` must be a floating (N, D) tensor, got {value.dtype} of shape "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
 def check_float_dtype(name: str, value: Tensor) -> None:
     """Raise ``ValueError`` unless ``value`` is float16, bfloat16, float32 or float64."""
     if value.dtype not in LOGIT_DTYPES:
