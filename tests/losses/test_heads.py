@@ -15,13 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from marginkit.losses import (
+    AdaCosLoss,
     AdaFaceLoss,
     ArcFaceLoss,
     ArcFaceLossWithMLP,
+    CenterLoss,
+    COCOLoss,
     CombinedMarginHead,
+    CombinedMarginLoss,
     CosFaceLoss,
     CurricularFaceLoss,
+    GitLoss,
     L2SoftmaxLoss,
+    LGMLoss,
     MagFaceLoss,
     NormFaceLoss,
     SoftmaxLoss,
@@ -59,10 +65,22 @@ HEADS = {
     "adaface": lambda d, c, **kw: AdaFaceLoss(d, c, s=16.0, **kw),
     "magface": lambda d, c, **kw: MagFaceLoss(d, c, s=16.0, l_a=0.5, u_a=10.0, **kw),
     "svx_softmax": lambda d, c, **kw: SVXSoftmaxLoss(d, c, s=16.0, t=1.2, m3=0.2, **kw),
+    "coco": lambda d, c, **kw: COCOLoss(d, c, alpha=10.0, **kw),
+    "adacos": lambda d, c, **kw: AdaCosLoss(d, c, **kw),
+    "lgm": lambda d, c, **kw: LGMLoss(num_classes=c, in_features=d, **kw),
+    "center": lambda d, c, **kw: CenterLoss(num_classes=c, in_features=d, lamda=1.0, **kw),
+    "git": lambda d, c, **kw: GitLoss(num_classes=c, in_features=d, lamda_c=1.0, lamda_g=1.0, **kw),
 }
 NAMES = sorted(HEADS)
-# Heads whose logits are s·cos (all but the two linear-softmax ones and the MLP head).
-COSINE_HEADS = [n for n in NAMES if n not in {"softmax", "l2softmax", "arcface_mlp"}]
+# The centre regularisers have no classifier logits.
+WITH_LOGITS = [n for n in NAMES if n not in {"center", "git"}]
+# Heads whose logits are s·cos (all but the linear-softmax ones, L-GM and the MLP head).
+COSINE_HEADS = [n for n in WITH_LOGITS if n not in {"softmax", "l2softmax", "arcface_mlp", "lgm"}]
+
+
+def class_weight(head):
+    """The head's ``(rows, D)`` class weight (``centers`` for the centre regularisers)."""
+    return head.centers if isinstance(head, CenterLoss | GitLoss) else head.weight
 
 
 def batch(n: int = 24, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,9 +281,10 @@ def test_registry_weight_shape_and_logits(name):
     head = get_loss(name, in_features=D, num_classes=C, **extra)
     rows = {"subcenter_arcface": C * 3}.get(name, C)
     cols = head.arcface.weight.shape[1] if name == "arcface_mlp" else D
-    assert head.weight.shape == (rows, cols)
+    assert class_weight(head).shape == (rows, cols)
     x, _ = batch(7, torch.float32)
-    assert head.logits(x).shape == (7, C)
+    if name in WITH_LOGITS:
+        assert head.logits(x).shape == (7, C)
 
 
 @pytest.mark.parametrize("name", COSINE_HEADS)
@@ -312,7 +331,7 @@ def test_aligned_and_opposed_embeddings_stay_finite(name, dtype):
     if name == "arcface_mlp":
         x = torch.randn(2 * C, D, dtype=dtype)
     else:
-        w = head.weight.detach()
+        w = class_weight(head).detach()
         rows = w.view(C, -1, D)[:, 0] if name == "subcenter_arcface" else w
         x = torch.cat([rows, -rows]).to(dtype) * 3.0
     x.requires_grad_()
@@ -320,7 +339,7 @@ def test_aligned_and_opposed_embeddings_stay_finite(name, dtype):
     loss.backward()
     assert torch.isfinite(loss).all()
     assert torch.isfinite(x.grad).all()
-    assert torch.isfinite(head.weight.grad).all()
+    assert torch.isfinite(class_weight(head).grad).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -387,3 +406,98 @@ def test_unknown_name_lists_the_available_ones():
 def test_trains_on_digits(name):
     head = HEADS[name](16, 6)
     assert_trains(train_on_digits(head, steps=15, lr=1e-2, rows=300))
+
+
+# ---- data that cannot give a meaningful loss -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "center"])
+def test_one_class_is_refused(name):
+    """With one class a softmax head's loss is 0 whatever the embeddings (Git: no push)."""
+    with pytest.raises(ValueError, match=r"`num_classes` must be >= 2 .*got 1"):
+        HEADS[name](D, 1)
+
+
+def test_center_loss_accepts_one_class():
+    head = CenterLoss(num_classes=1, in_features=D)
+    x = torch.randn(4, D)
+    expected = 0.003 / 2 * ((x - head.centers.detach()[0]) ** 2).sum(1).mean()
+    torch.testing.assert_close(head(x, torch.zeros(4, dtype=torch.long)), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_embeddings_name_the_row(name, bad):
+    head = HEADS[name](D, C)
+    x, y = batch(5, torch.float32)
+    x[3, 1] = bad
+    # The MLP head checks its projection (inf through a Linear + ReLU may become nan).
+    value = "(nan|inf)" if name == "arcface_mlp" else str(bad)
+    with pytest.raises(ValueError, match=rf"`embeddings` must be finite, got {value} at row 3"):
+        head(x, y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_is_refused(name):
+    head = HEADS[name](D, C)
+    with pytest.raises(ValueError, match=r"`embeddings` must hold at least one row.*\(0, \d+\)"):
+        head(torch.empty(0, D), torch.empty(0, dtype=torch.long))
+
+
+def test_bad_labels_are_named_before_non_finite_embeddings():
+    x, _ = batch(4, torch.float32)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 5\), got 7 at row 2"):
+        NormFaceLoss(D, C)(x, torch.tensor([0, 1, 7, 2]))
+
+
+# ---- margin_fallback="arcface" is insightface's continuation, made for m1 = 1 -------------------
+
+
+@pytest.mark.parametrize("m1", [2.0, 0.9, 1.35])
+def test_arcface_fallback_with_m1_other_than_one_is_refused(m1):
+    """With m1 != 1 its continuation jumps up at θ = (π − m2)/m1: (2, 0.3, 0) −1.0 → +0.06."""
+    theta_star = (math.pi - 0.3) / 2.0
+    below, above = (theta_star - 1e-9, theta_star + 1e-9)
+    jump = (math.cos(above) - 0.3 * math.sin(0.3)) - math.cos(2.0 * below + 0.3)
+    assert jump > 1.0  # the discontinuity the error prevents (float64, written out)
+    match = r"`margin_fallback='arcface'` needs `m1` = 1.*monotonic"
+    with pytest.raises(ValueError, match=match):
+        CombinedMarginHead(D, C, m1=m1, m2=0.3, m3=0.0, margin_fallback="arcface")
+    with pytest.raises(ValueError, match=match):
+        CombinedMarginLoss(m1, 0.3, 0.0, margin_fallback="arcface")
+    CombinedMarginHead(D, C, m1=m1, m2=0.3, margin_fallback="monotonic")  # the alternative
+
+
+# ---- SoftmaxLoss takes memory_efficient= like the other softmax heads ---------------------------
+
+
+@pytest.mark.parametrize("setting", [True, False, "auto"])
+def test_softmax_memory_efficient_is_the_same_loss_and_gradients(setting, monkeypatch):
+    import marginkit.losses.softmax as softmax_module
+
+    monkeypatch.setattr(softmax_module, "_CHUNK_LOGITS", 3 * C)  # chunks of 3 rows
+    head = SoftmaxLoss(D, C, memory_efficient=setting).double()
+    assert head.uses_memory_efficient() is (setting is True)
+    x, y = batch(10)
+    x.requires_grad_()
+    head(x, y).backward()
+    x_ref, w_ref = leaf_copies(x, head.weight)
+    cross_entropy_rows(x_ref @ w_ref.T, y).mean().backward()
+    torch.testing.assert_close(
+        head(x, y), cross_entropy_rows(x.detach() @ w_ref.detach().T, y).mean()
+    )
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head.weight.grad, w_ref.grad, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="`memory_efficient` must be True, False or 'auto'"):
+        SoftmaxLoss(D, C, memory_efficient="yes")
+
+
+def test_l2softmax_memory_efficient_is_the_same_loss(monkeypatch):
+    import marginkit.losses.softmax as softmax_module
+
+    monkeypatch.setattr(softmax_module, "_CHUNK_LOGITS", 2 * C)
+    chunked = L2SoftmaxLoss(D, C, alpha=5.0, memory_efficient=True).double()
+    x, y = batch(7)
+    expected = cross_entropy_rows(5.0 * unit(x) @ chunked.weight.detach().T, y).mean()
+    torch.testing.assert_close(chunked(x, y), expected, rtol=1e-12, atol=1e-12)

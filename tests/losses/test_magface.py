@@ -80,3 +80,13 @@ def test_value_and_gradients_match_float64_formula(easy_margin):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MagFaceLoss(D, C, **kwargs)
+
+
+def test_easy_margin_is_the_official_default():
+    """The official MagLinear defaults to easy_margin=True: φ = cos θ where cos θ <= 0."""
+    head = MagFaceLoss(D, C, s=S, l_a=L_A, u_a=U_A, l_m=L_M, u_m=U_M).double()
+    assert head.easy_margin is True
+    theta = torch.tensor([2.0, 2.9], dtype=torch.float64)  # cos < 0: no margin
+    x = torch.randn(2, D, dtype=torch.float64) * 5.0
+    phi = head.target_logit(torch.cos(theta), theta, x, torch.tensor([0, 1]))
+    torch.testing.assert_close(phi, torch.cos(theta))

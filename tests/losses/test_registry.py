@@ -20,7 +20,7 @@ YAML_NAMES = sorted(path.stem for path in CONF_LOSS.glob("*.yaml"))
     "name,kwargs,cls",
     [
         ("coco", {"in_features": 8, "num_classes": 3, "alpha": 4.0}, "COCOLoss"),
-        ("lgm", {"num_classes": 3, "embedding_size": 8}, "LGMLoss"),
+        ("lgm", {"num_classes": 3, "in_features": 8}, "LGMLoss"),
         ("lgm", {"num_classes": 3, "in_features": 8}, "LGMLoss"),
         ("mps", {"m": 0.2}, "MPSLoss"),
         ("center", {"num_classes": 3, "in_features": 8}, "CenterLoss"),

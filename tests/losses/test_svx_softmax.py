@@ -70,3 +70,15 @@ def test_value_and_gradients_match_brute_force(t, m1, m2, m3):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SVXSoftmaxLoss(D, C, **kwargs)
+
+
+def test_from_gluonface_takes_gluonfaces_margin_names():
+    """gluon-face's m2 is the cosine margin and m3 the angular one: φ = cos(m1·θ + m3) − m2."""
+    head = SVXSoftmaxLoss.from_gluonface(D, C, s=S, t=1.2, m1=1.0, m2=0.35, m3=0.1).double()
+    head.reduction = "none"
+    x, y = torch.randn(12, D, dtype=torch.float64), torch.randint(0, C, (12,))
+    theta = angle_between(x, head.weight.detach()[y])
+    phi = head.target_logit(torch.cos(theta), theta, x, y)
+    torch.testing.assert_close(phi, torch.cos(theta + 0.1) - 0.35)
+    expected = svx_reference(x, head.weight.detach(), y, 1.2, 1.0, 0.1, 0.35)
+    torch.testing.assert_close(head(x, y), expected, rtol=1e-9, atol=1e-9)

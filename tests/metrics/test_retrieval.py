@@ -402,3 +402,17 @@ def test_plot_draws_one_point_per_k():
     plt.close(fig)
     with pytest.raises(ValueError, match="`plot` draws cmc@k"):
         RetrievalMetrics(metrics=["precision"]).plot()
+
+
+def test_direction_of_every_result_is_the_metrics_own():
+    from marginkit.metrics import RetrievalMetrics
+    from marginkit.models import metric_mode
+
+    metric = RetrievalMetrics(top_k=(1, 5))
+    assert metric.higher_is_better is None
+    directions = metric.higher_is_better_by_name
+    assert set(directions) == set(metric.names)
+    assert directions.pop("n_queries_without_match") is False
+    assert all(directions.values()) and {"precision@1", "map@r", "cmc@5"} <= set(directions)
+    assert metric_mode("val/n_queries_without_match") == "min"
+    assert metric_mode("val/map@r") == "max" and metric_mode("train/loss") == "min"

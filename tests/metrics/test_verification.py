@@ -247,3 +247,18 @@ def test_plot_draws_the_roc_on_a_log_far_axis():
     assert np.all(np.diff(curve.get_xdata()) >= 0)
     assert ax.get_xscale() == "log"
     plt.close(fig)
+
+
+def test_direction_of_every_result_is_the_metrics_own():
+    """EER and the fold std are better when smaller: no single higher_is_better for the class."""
+    from marginkit.metrics import VerificationMetrics
+    from marginkit.models import metric_mode
+
+    metric = VerificationMetrics(far_targets=(1e-3, 0.1), n_folds=3)
+    assert metric.higher_is_better is None
+    assert metric.higher_is_better_by_name == {
+        "auc": True, "eer": False, "tar@far=0.001": True, "tar@far=0.1": True,
+        "accuracy": True, "accuracy_std": False,
+    }  # fmt: skip
+    for name, better in metric.higher_is_better_by_name.items():
+        assert metric_mode(f"val/{name}") == ("max" if better else "min")

@@ -134,7 +134,7 @@ def _preflight_loss(cfg: DictConfig) -> None:
         return
     probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     if "num_classes" in probe.loss.keys() and OmegaConf.is_missing(probe.loss, "num_classes"):
-        probe.loss.num_classes = 2
+        probe.loss.num_classes = 3  # the fewest every head accepts (s="auto" needs 3)
     with open_dict(probe):
         for key in LOSS_PARALLEL_KEYS:
             probe.loss.pop(key, None)

@@ -16,6 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from marginkit._validation import check_fraction as _check_fraction  # noqa: F401 (data modules)
+from marginkit._validation import check_int_at_least as _check_int
+from marginkit._validation import check_stage
 from marginkit.data.pairs import VerificationPairs, sample_pairs
 from marginkit.data.samplers import BalancedBatchSampler
 
@@ -81,29 +84,6 @@ class TrainingEpoch(NamedTuple):
         if self.n_dropped:
             text += f" ({self.n_dropped} dropped each epoch)"
         return text
-
-
-def check_stage(stage: object, allowed: tuple[str, ...] = EVAL_STAGES) -> str:
-    """Return ``stage`` if it is one of ``allowed``, else raise ``ValueError`` naming them."""
-    if stage not in allowed:
-        raise ValueError(f"`stage` must be one of {allowed}, got {stage!r}")
-    return stage  # type: ignore[return-value]
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value < low:
-        wanted = "positive" if low == 1 else f">= {low}"
-        raise ValueError(f"`{name}` must be {wanted}, got {value}")
-    return value
-
-
-def _check_fraction(name: str, value: float) -> float:
-    """Return ``value`` as a float if it is in the open interval (0, 1), else raise ``ValueError``."""
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"`{name}` must be in (0, 1), got {value}")
-    return float(value)
 
 
 class _FlatBatchSampler(DistributedSampler):

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "AdaFaceLoss": "adaface",
     "MagFaceLoss": "magface",
     "SVXSoftmaxLoss": "svx_softmax",
+    "AdaCosLoss": "adacos",
     "COCOLoss": "coco",
     "LGMLoss": "lgm",
     "MPSLoss": "mps",

@@ -1,27 +1,13 @@
-"""Small pieces shared by the regularisers and the Euclidean / pairwise heads."""
+"""The reduction every loss uses (``reduce_loss``); ``check_nonnegative`` lives in ``_validation``."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from marginkit._validation import check_finite_number
+# Re-imported for the pair losses that import it from here.
+from marginkit._validation import check_nonnegative
 
-
-def check_nonnegative(name: str, value: object) -> float:
-    """Return ``value`` as a float if it is a finite real number ``>= 0``.
-
-    Raises:
-        TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is negative, infinite or NaN.
-
-    Example:
-        >>> check_nonnegative("lamda", 0.5)
-        0.5
-    """
-    value = check_finite_number(name, value)
-    if value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
-    return value
+__all__ = ["check_nonnegative", "reduce_loss"]
 
 
 def reduce_loss(values: Tensor, reduction: str) -> Tensor:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import AngularMarginLoss, check_margin
 from marginkit.ops import combined_margin_logit
 from marginkit.ops._dtypes import accumulation_dtype
@@ -50,7 +51,7 @@ class AdaFaceLoss(AngularMarginLoss):
         num_classes: number of training classes.
         m: margin, ``[0, pi/2)``. Default 0.4.
         h: concentration :math:`h > 0` of the normalised norm. Default 0.333.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         t_alpha: momentum of the norm statistics, ``(0, 1]``. Default 0.01 (the paper's).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
@@ -70,7 +71,7 @@ class AdaFaceLoss(AngularMarginLoss):
         num_classes: int,
         m: float = 0.4,
         h: float = 0.333,
-        s: float = 64.0,
+        s: float | str = 64.0,
         t_alpha: float = 0.01,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
@@ -87,7 +88,6 @@ class AdaFaceLoss(AngularMarginLoss):
             raise ValueError("`t_alpha` must be in (0, 1], got 0.0")
         self.register_buffer("batch_mean", torch.full((), 20.0))
         self.register_buffer("batch_std", torch.full((), 100.0))
-        self.last_logs: dict[str, float] = {}
 
     def _norms(self, embeddings: Tensor) -> Tensor:
         acc = accumulation_dtype(self.weight.dtype)
@@ -115,8 +115,8 @@ class AdaFaceLoss(AngularMarginLoss):
         if self.training:
             self.update_statistics(embeddings)
             self.last_logs = {
-                "adaface_norm_mean": float(self.batch_mean),
-                "adaface_norm_std": float(self.batch_std),
+                "adaface_norm_mean": detached(self.batch_mean),
+                "adaface_norm_std": detached(self.batch_std),
             }
         return super().per_row_loss(embeddings, labels)
 

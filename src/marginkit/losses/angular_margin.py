@@ -16,23 +16,22 @@ A head computes, for unit embeddings :math:`\hat x_i` and unit class weights :ma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from marginkit._validation import (
-    REDUCTIONS,
     check_embeddings,
     check_finite_number,
-    check_label_range,
-    check_labels,
-    check_option,
-    check_positive_int,
+    check_margin,
+    check_memory_efficient,
+    check_scale,
 )
-from marginkit.losses._loss_utils import reduce_loss
+from marginkit.losses._head import ClassWeightHead
 from marginkit.ops import (
     TargetLogSumExp,
     linear_target_logsumexp,
@@ -49,13 +48,6 @@ from marginkit.ops._dtypes import accumulation_dtype
 MEMORY_EFFICIENT_MIN_CLASSES = 8192
 
 
-def check_memory_efficient(value: object) -> bool | str:
-    """Return ``value`` if it is ``True``, ``False`` or ``"auto"``, else raise ``ValueError``."""
-    if not (isinstance(value, bool) or value == "auto"):
-        raise ValueError(f"`memory_efficient` must be True, False or 'auto', got {value!r}")
-    return value
-
-
 def resolve_memory_efficient(setting: bool | str, num_classes: int) -> bool:
     """Whether ``memory_efficient=setting`` means the fused op for ``num_classes`` classes.
 
@@ -68,53 +60,51 @@ def resolve_memory_efficient(setting: bool | str, num_classes: int) -> bool:
     return bool(setting)
 
 
+def fixed_adacos_scale(num_classes: int) -> float:
+    r"""AdaCos's fixed scale :math:`\tilde s_f = \sqrt{2}\,\log(C - 1)` (``s="auto"``).
+
+    Zhang, Zhao, Wang, Li & Yan, "AdaCos: Adaptively Scaling Cosine Logits for Effectively
+    Learning Deep Face Representations", CVPR 2019 (eq. 13): the scale at which the target
+    probability changes fastest around :math:`\theta = \pi/4` when the non-target cosines sit
+    near 0. For :math:`C = 2` it is 0: ``ValueError``.
+
+    Example:
+        >>> round(fixed_adacos_scale(1000), 4), round(fixed_adacos_scale(10**6), 2)
+        (9.7676, 19.54)
+    """
+    if num_classes < 3:
+        raise ValueError(
+            f"`s='auto'` needs `num_classes` >= 3 (sqrt(2)·log(C - 1) is 0 for two classes), "
+            f"got {num_classes}"
+        )
+    return math.sqrt(2.0) * math.log(num_classes - 1)
+
+
+def resolve_scale(s: object, num_classes: int, name: str = "s") -> float:
+    """The logit scale for ``s``: a finite number ``> 0``, or ``"auto"`` (:func:`fixed_adacos_scale`).
+
+    Example:
+        >>> resolve_scale(30, 10), round(resolve_scale("auto", 101), 4)
+        (30.0, 6.5127)
+    """
+    if isinstance(s, str):
+        if s != "auto":
+            raise TypeError(f"`{name}` must be a real number or 'auto', got str {s!r}")
+        return fixed_adacos_scale(num_classes)
+    return check_finite_number(name, s, positive=True)
+
+
 __all__ = [
     "MEMORY_EFFICIENT_MIN_CLASSES",
     "AngularMarginLoss",
     "check_margin",
     "check_memory_efficient",
     "check_scale",
+    "fixed_adacos_scale",
     "hard_negative_softmax_loss",
-    "prepare_inputs",
     "resolve_memory_efficient",
+    "resolve_scale",
 ]
-
-
-def check_scale(s: object) -> float:
-    """Return the logit scale ``s`` as a float; ``ValueError`` unless finite and ``> 0``."""
-    return check_finite_number("s", s, positive=True)
-
-
-def check_margin(
-    name: str, value: object, upper: float | None = None, *, lower: float = 0.0
-) -> float:
-    """Return ``value`` as a float if ``lower <= value (< upper)``, else raise ``ValueError``."""
-    value = check_finite_number(name, value)
-    if value < lower or (upper is not None and value >= upper):
-        allowed = f"[{lower:g}, {upper:g})" if upper is not None else f">= {lower:g}"
-        raise ValueError(f"`{name}` must be in {allowed}, got {value}")
-    return value
-
-
-def prepare_inputs(
-    embeddings: object, labels: object, in_features: int, num_classes: int, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """Validate ``(embeddings, labels)`` once and cast the embeddings to the head's ``dtype``.
-
-    Embeddings of another floating dtype (float16 into a float32 head) are computed in the
-    head's dtype; labels must be class ids in ``[0, num_classes)``.
-    """
-    check_embeddings(embeddings, in_features)
-    labels = check_labels(labels, embeddings.shape[0])
-    if labels.device != embeddings.device:
-        raise ValueError(
-            f"`labels` must be on the device of `embeddings` ({embeddings.device}), "
-            f"got {labels.device}"
-        )
-    check_label_range(labels, None, num_classes, None, name="labels")
-    if embeddings.dtype != dtype:
-        embeddings = embeddings.to(dtype)
-    return embeddings, labels
 
 
 def category_index(label2category: Mapping, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -181,7 +171,7 @@ def hard_negative_softmax_loss(
     return F.cross_entropy(s * logits, labels, reduction="none")
 
 
-class AngularMarginLoss(nn.Module):
+class AngularMarginLoss(ClassWeightHead):
     r"""Base of the angular-margin softmax heads (ArcFace, CosFace, SphereFace, AdaFace, ...).
 
     With :math:`\hat x_i = x_i/\lVert x_i\rVert`, :math:`\hat W_j = W_j/\lVert W_j\rVert`,
@@ -209,7 +199,9 @@ class AngularMarginLoss(nn.Module):
         in_features: embedding dimension.
         num_classes: number of training classes; ``weight`` is ``(num_classes, in_features)``
             like ``nn.Linear``.
-        s: logit scale, ``> 0``.
+        s: logit scale, ``> 0``, or ``"auto"``: AdaCos's fixed scale
+            :math:`\sqrt{2}\log(C - 1)` (:func:`fixed_adacos_scale`; 9.77 for 1,000 classes,
+            where insightface's 64 is made for :math:`10^5`–:math:`10^6`).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         smoothing_epsilon: label smoothing :math:`\varepsilon \in [0, 1)`.
         label2category: ``{label: category}`` covering every label; smoothing then stays inside
@@ -239,21 +231,17 @@ class AngularMarginLoss(nn.Module):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 64.0,
+        s: float | str = 64.0,
         reduction: str = "mean",
         *,
         smoothing_epsilon: float = 0.0,
         label2category: Mapping | None = None,
         memory_efficient: bool | str = "auto",
     ) -> None:
-        super().__init__()
         self.memory_efficient = check_memory_efficient(memory_efficient)
-        self.in_features = check_positive_int("in_features", in_features)
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        self.s = check_scale(s)
-        check_option("reduction", reduction, REDUCTIONS)
-        self.reduction = reduction
         self.smoothing_epsilon = check_margin("smoothing_epsilon", smoothing_epsilon, upper=1.0)
+        super().__init__(in_features, num_classes, reduction)
+        self.s = resolve_scale(s, self.num_classes)
         if label2category is None:
             self.label2category = None
             self.register_buffer("column_category", None)
@@ -263,16 +251,6 @@ class AngularMarginLoss(nn.Module):
             self.label2category = dict(label2category)
             self.register_buffer("column_category", column_category, persistent=False)
             self.register_buffer("category_size", category_size, persistent=False)
-        self.weight = nn.Parameter(torch.empty(self.num_weight_rows(), in_features))
-        self.reset_parameters()
-
-    def num_weight_rows(self) -> int:
-        """Rows of ``weight``: ``num_classes`` (sub-centre heads have more)."""
-        return self.num_classes
-
-    def reset_parameters(self) -> None:
-        """Initialise the class weights with Xavier-uniform (their scale does not matter)."""
-        nn.init.xavier_uniform_(self.weight)
 
     # ---- the N×C part -------------------------------------------------------------------
     def cosine(self, embeddings: Tensor) -> Tensor:
@@ -290,30 +268,19 @@ class AngularMarginLoss(nn.Module):
         The only place the ``(N, C)`` cosines exist (and with ``memory_efficient`` they do not:
         the fused normalised-linear op computes the same from embeddings and weights). Returns
         :class:`marginkit.ops.TargetLogSumExp` (``row_sum`` only with label smoothing).
-        ``labels`` were range-checked by :func:`prepare_inputs`, so the op does not read them
-        back again.
+        ``labels`` were range-checked by :meth:`validate`, so the op does not read them back
+        again.
         """
         smoothing = self.smoothing_epsilon > 0
+        options = {
+            "row_sum": smoothing,
+            "column_category": self.column_category if smoothing else None,
+            "row_category": self._row_category(labels) if smoothing else None,
+            "check_labels": False,
+        }
         if self.uses_memory_efficient():
-            return linear_target_logsumexp(
-                embeddings,
-                self.weight,
-                labels,
-                self.s,
-                row_sum=smoothing,
-                column_category=self.column_category if smoothing else None,
-                row_category=self._row_category(labels) if smoothing else None,
-                check_labels=False,
-            )
-        return target_logsumexp(
-            self.cosine(embeddings),
-            labels,
-            self.s,
-            row_sum=smoothing,
-            column_category=self.column_category if smoothing else None,
-            row_category=self._row_category(labels) if smoothing else None,
-            check_labels=False,
-        )
+            return linear_target_logsumexp(embeddings, self.weight, labels, self.s, **options)
+        return target_logsumexp(self.cosine(embeddings), labels, self.s, **options)
 
     def uses_memory_efficient(self) -> bool:
         """Whether :meth:`non_target_logsumexp` runs on the fused normalised-linear op."""
@@ -370,18 +337,8 @@ class AngularMarginLoss(nn.Module):
             smoothing_classes=classes,
         )
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """The loss of ``embeddings`` ``(N, in_features)`` for class ids ``labels`` ``(N,)``."""
-        embeddings, labels = prepare_inputs(
-            embeddings, labels, self.in_features, self.num_classes, self.weight.dtype
-        )
-        return reduce_loss(self.per_row_loss(embeddings, labels), self.reduction)
-
-    def extra_repr(self) -> str:
-        text = (
-            f"in_features={self.in_features}, num_classes={self.num_classes}, s={self.s:g}, "
-            f"reduction={self.reduction!r}"
-        )
+    def repr_fields(self) -> list[str]:
+        fields = [f"s={self.s:g}"]
         if self.smoothing_epsilon:
-            text += f", smoothing_epsilon={self.smoothing_epsilon:g}"
-        return text
+            fields.append(f"smoothing_epsilon={self.smoothing_epsilon:g}")
+        return fields

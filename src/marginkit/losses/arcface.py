@@ -37,7 +37,8 @@ class ArcFaceLoss(AngularMarginLoss):
         in_features: embedding dimension.
         num_classes: number of training classes.
         m: additive angular margin in radians, ``0 <= m < pi``. Default 0.5 (the paper's).
-        s: logit scale. Default 64 (the paper's, for 10^4–10^6 classes).
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
+            Default 64 (the paper's, for 10^4–10^6 classes).
         easy_margin: apply the margin only to positive target cosines.
         smoothing_epsilon: label smoothing :math:`\varepsilon \in [0, 1)`.
         label2category: ``{label: category}`` for every label, or ``None``.
@@ -63,7 +64,7 @@ class ArcFaceLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         easy_margin: bool = False,
         smoothing_epsilon: float = 0.0,
         label2category: Mapping | None = None,
@@ -127,7 +128,7 @@ class ArcFaceLossWithMLP(nn.Module):
         num_classes: int,
         mlp_features: Sequence[int],
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         easy_margin: bool = False,
         smoothing_epsilon: float = 0.0,
         label2category: Mapping | None = None,

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from marginkit._validation import (
-    check_embeddings,
-    check_label_range,
-    check_labels,
-    check_option,
-    check_positive_int,
-)
-from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
-from marginkit.ops import REDUCTIONS
+from marginkit._validation import check_nonnegative
+from marginkit.losses._head import ClassWeightHead
 
 
 def squared_distance_to_centre(embeddings: Tensor, centers: Tensor, labels: Tensor) -> Tensor:
@@ -29,7 +21,7 @@ def squared_distance_to_centre(embeddings: Tensor, centers: Tensor, labels: Tens
     return (embeddings - centers[labels]).pow(2).sum(dim=1)
 
 
-class CenterLoss(nn.Module):
+class CenterLoss(ClassWeightHead):
     r"""Center loss :math:`\ell_i = \frac{\lambda}{2}\lVert x_i - c_{y_i}\rVert_2^2`, averaged over rows.
 
     A regulariser that makes the features of each class compact (Wen, Zhang, Li & Qiao, "A
@@ -60,6 +52,10 @@ class CenterLoss(nn.Module):
         7.25
     """
 
+    weight_name = "centers"
+    min_classes = 1
+    min_classes_reason = "a class to pull to"
+
     def __init__(
         self,
         num_classes: int,
@@ -67,31 +63,16 @@ class CenterLoss(nn.Module):
         lamda: float = 0.003,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        self.in_features = check_positive_int("in_features", in_features)
         self.lamda = check_nonnegative("lamda", lamda)
-        check_option("reduction", reduction, REDUCTIONS)
-        self.reduction = reduction
-        self.centers = nn.Parameter(torch.empty(num_classes, in_features))
-        self.reset_parameters()
+        super().__init__(in_features, num_classes, reduction)
 
     def reset_parameters(self) -> None:
         """Draw the centres from a standard normal (the scale of BN-neck embeddings)."""
         nn.init.normal_(self.centers)
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Return :math:`\\frac{\\lambda}{2}\\lVert x_i - c_{y_i}\\rVert^2`, reduced over rows."""
-        check_embeddings(embeddings, self.in_features)
-        labels = check_labels(labels, embeddings.shape[0])
-        check_label_range(labels, None, self.num_classes, None, name="labels")
-        distance = squared_distance_to_centre(
-            embeddings.to(self.centers.dtype), self.centers, labels
-        )
-        return reduce_loss(0.5 * self.lamda * distance, self.reduction)
+    def per_row_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """:math:`\frac{\\lambda}{2}\\lVert x_i - c_{y_i}\rVert^2` of each row."""
+        return 0.5 * self.lamda * squared_distance_to_centre(embeddings, self.centers, labels)
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, in_features={self.in_features}, "
-            f"lamda={self.lamda:g}, reduction={self.reduction!r}"
-        )
+    def repr_fields(self) -> list[str]:
+        return [f"lamda={self.lamda:g}"]

@@ -45,8 +45,9 @@ class Combined(nn.Module):
 
     * ``weight``, ``logits(embeddings)``, ``in_features``, ``num_classes``: those of the first
       part that has them (the classifier);
-    * ``last_logs``: ``"<part>/loss"`` (the part's unweighted value, its mean when unreduced) for
-      every part, and each part's own ``last_logs`` as ``"<part>/<key>"``. ``<part>`` is the
+    * ``last_logs``: ``"<part>/loss"`` (the part's unweighted value, its mean when unreduced, a
+      detached tensor: no host read per step) for every part, and each part's own
+      ``last_logs`` as ``"<part>/<key>"``. ``<part>`` is the
       part's registry name (``arcface``, ``center``, ...), suffixed ``_2``, ``_3`` on repeats;
     * ``requires_balanced_batches`` / ``min_instances_per_class``: set if any part needs them.
 
@@ -113,7 +114,7 @@ class Combined(nn.Module):
                 name = f"{base}_{repeat}"
             names.append(name)
         self.part_names = names
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def _first_with(self, attribute: str) -> nn.Module:
         for part in self.losses:
@@ -157,9 +158,9 @@ class Combined(nn.Module):
                     f"returned {tuple(value.shape)} and the ones before {tuple(total.shape)} "
                     "(use the same `reduction` in every part)"
                 )
-            logs[f"{name}/loss"] = float(value.detach().float().mean())
+            logs[f"{name}/loss"] = value.detach().float().mean()
             for key, logged in getattr(part, "last_logs", {}).items():
-                logs[f"{name}/{key}"] = float(logged)
+                logs[f"{name}/{key}"] = logged
             total = weight * value if total is None else total + weight * value
         self.last_logs = logs
         return total

@@ -8,6 +8,7 @@ import math
 from torch import Tensor, nn
 
 from marginkit._validation import (
+    check_arcface_fallback,
     check_finite_number,
     check_ignore_index,
     check_margins,
@@ -64,6 +65,7 @@ class CombinedMarginLoss(nn.Module):
         super().__init__()
         self.m1, self.m2, self.m3 = check_margins(m1, m2, m3, ("m1", "m2", "m3"))
         check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+        check_arcface_fallback(margin_fallback, self.m1)
         check_option("grad_mode", grad_mode, GRAD_MODES)
         check_ignore_index(ignore_index)
         self.margin_fallback = margin_fallback
@@ -102,8 +104,8 @@ class CombinedMarginHead(AngularMarginLoss):
     :math:`m_1\theta + m_2 = \pi` as :math:`(-1)^k\cos(m_1\theta + m_2) - 2k - m_3`,
     :math:`k = \lfloor (m_1\theta + m_2)/\pi\rfloor` (SphereFace's :math:`\psi`), continuous
     and decreasing on :math:`[0, \pi]`, so the loss always rewards a smaller target angle.
-    ``"arcface"``, ``"easy"`` and ``"none"`` are the other fallbacks of
-    :func:`marginkit.ops.combined_margin_logit`.
+    ``"arcface"`` (only with ``m1 = 1``: its continuation jumps up otherwise), ``"easy"`` and
+    ``"none"`` are the other fallbacks of :func:`marginkit.ops.combined_margin_logit`.
 
     Papers: J. Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
     CVPR 2019 (section 3.3, the combined margin); W. Liu et al., "SphereFace", CVPR 2017;
@@ -115,7 +117,7 @@ class CombinedMarginHead(AngularMarginLoss):
         m1: multiplicative angular margin, ``> 0``.
         m2: additive angular margin in radians, ``[0, pi)``.
         m3: additive cosine margin, ``>= 0``.
-        s: logit scale.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
         margin_fallback: ``"monotonic"`` (default), ``"arcface"``, ``"easy"`` or ``"none"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
@@ -136,7 +138,7 @@ class CombinedMarginHead(AngularMarginLoss):
         m1: float = 1.0,
         m2: float = 0.5,
         m3: float = 0.0,
-        s: float = 64.0,
+        s: float | str = 64.0,
         margin_fallback: str = "monotonic",
         reduction: str = "mean",
         grad_mode: str = "exact",
@@ -149,6 +151,7 @@ class CombinedMarginHead(AngularMarginLoss):
         self.m2 = check_margin("m2", m2, upper=math.pi)
         self.m3 = check_margin("m3", m3)
         check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+        check_arcface_fallback(margin_fallback, self.m1)
         check_option("grad_mode", grad_mode, GRAD_MODES)
         self.margin_fallback = margin_fallback
         self.grad_mode = grad_mode

@@ -22,7 +22,7 @@ class CosFaceLoss(AngularMarginLoss):
         in_features: embedding dimension.
         num_classes: number of training classes.
         m: additive cosine margin, ``m >= 0``. Default 0.35 (the paper's).
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
             fused normalised-linear op (see :class:`~marginkit.losses.AngularMarginLoss`).
@@ -39,7 +39,7 @@ class CosFaceLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         m: float = 0.35,
-        s: float = 64.0,
+        s: float | str = 64.0,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
     ) -> None:

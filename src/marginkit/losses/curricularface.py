@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import (
     AngularMarginLoss,
     check_margin,
@@ -46,7 +47,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         in_features: embedding dimension.
         num_classes: number of training classes.
         m: additive angular margin in radians, ``[0, pi)``. Default 0.5.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         momentum: :math:`\alpha` of the running :math:`t`, in ``[0, 1]``. Default 0.01.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -66,7 +67,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         momentum: float = 0.01,
         reduction: str = "mean",
     ) -> None:
@@ -74,7 +75,6 @@ class CurricularFaceLoss(AngularMarginLoss):
         self.m = check_margin("m", m, upper=math.pi)
         self.momentum = check_margin("momentum", momentum, upper=1.0 + 1e-12)
         self.register_buffer("t", torch.zeros(()))
-        self.last_logs: dict[str, float] = {}
 
     def target_logit(
         self, cos: Tensor, theta: Tensor, embeddings: Tensor, labels: Tensor
@@ -86,7 +86,7 @@ class CurricularFaceLoss(AngularMarginLoss):
         if self.training:
             with torch.no_grad():
                 self.t.mul_(1.0 - self.momentum).add_(self.momentum * cos.mean().to(self.t.dtype))
-            self.last_logs = {"curricular_t": float(self.t)}
+            self.last_logs = {"curricular_t": detached(self.t)}
         phi = self.target_logit(cos, theta, embeddings, labels)
         hard_threshold = combined_margin_logit(cos, theta, 1.0, self.m, 0.0, "none").detach()
         t = self.t.to(phi.dtype)

@@ -47,6 +47,7 @@ class L2SoftmaxLoss(SoftmaxLoss):
         p: the target average probability in ``(0, 1)`` defining :math:`\alpha_{low}`.
         from_normx: the embeddings are already L2-normalised (skip the normalisation).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        memory_efficient: as :class:`~marginkit.losses.SoftmaxLoss`.
 
     Example:
         >>> import torch
@@ -65,8 +66,11 @@ class L2SoftmaxLoss(SoftmaxLoss):
         p: float = 0.9,
         from_normx: bool = False,
         reduction: str = "mean",
+        memory_efficient: bool | str = "auto",
     ) -> None:
-        super().__init__(in_features, num_classes, reduction=reduction)
+        super().__init__(
+            in_features, num_classes, reduction=reduction, memory_efficient=memory_efficient
+        )
         self.p = check_finite_number("p", p)
         if not 0.0 < self.p < 1.0:
             raise ValueError(f"`p` must be in (0, 1), got {self.p}")

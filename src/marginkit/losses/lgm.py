@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from marginkit._validation import (
-    check_embeddings,
-    check_label_range,
-    check_labels,
-    check_option,
-    check_positive_int,
-)
-from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
-from marginkit.ops import REDUCTIONS, margin_softmax_loss, target_logsumexp
+from marginkit._validation import check_embeddings, check_nonnegative
+from marginkit.losses._head import ClassWeightHead, detached
+from marginkit.ops import margin_softmax_loss, target_logsumexp
 
 
-class LGMLoss(nn.Module):
+class LGMLoss(ClassWeightHead):
     r"""L-GM loss: a Gaussian mixture classifier with a margin on the target's distance.
 
     With one Gaussian per class, identity covariance and equal priors, the distance of feature
@@ -39,22 +33,21 @@ class LGMLoss(nn.Module):
     d_{ik}` (scale 1); the target distance is computed from the difference vector.
 
     Args:
-        num_classes: number of training classes; the means ``weight`` have shape
-            ``(num_classes, embedding_size)`` like ``nn.Linear``.
-        embedding_size: embedding dimension (gluon-face's name; ``in_features`` is accepted
-            instead, keyword only).
+        num_classes: number of training classes (``>= 2``); the means ``weight`` have shape
+            ``(num_classes, in_features)`` like ``nn.Linear``.
+        in_features: embedding dimension.
         alpha: margin :math:`\alpha \ge 0`. Default 0.1.
         lamda: likelihood weight :math:`\lambda \ge 0` (the paper's name). Default 0.1.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        in_features: alias of ``embedding_size``.
+        embedding_size: gluon-face's name of ``in_features`` (keyword only; give one of them).
 
     Attributes:
         last_logs: ``{"classification": …, "likelihood": …}``, the row means of the two terms
-            (the likelihood term unweighted), after each call.
+            (the likelihood term unweighted) as 0-d tensors, after each call.
 
     Example:
         >>> import torch
-        >>> head = LGMLoss(num_classes=3, embedding_size=8, alpha=0.1, lamda=0.1)
+        >>> head = LGMLoss(num_classes=3, in_features=8, alpha=0.1, lamda=0.1)
         >>> head(torch.randn(4, 8), torch.tensor([0, 1, 2, 0])).shape
         torch.Size([])
     """
@@ -62,32 +55,29 @@ class LGMLoss(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        embedding_size: int | None = None,
+        in_features: int | None = None,
         alpha: float = 0.1,
         lamda: float = 0.1,
         reduction: str = "mean",
         *,
-        in_features: int | None = None,
+        embedding_size: int | None = None,
     ) -> None:
-        super().__init__()
-        if embedding_size is None and in_features is None:
-            raise TypeError("LGMLoss needs `embedding_size` (or its alias `in_features`)")
-        if embedding_size is not None and in_features is not None and embedding_size != in_features:
+        if in_features is None and embedding_size is None:
+            raise TypeError("LGMLoss needs `in_features` (or gluon-face's `embedding_size`)")
+        if in_features is not None and embedding_size is not None and in_features != embedding_size:
             raise ValueError(
-                f"`embedding_size` ({embedding_size}) and `in_features` ({in_features}) are "
+                f"`in_features` ({in_features}) and `embedding_size` ({embedding_size}) are "
                 "aliases and must agree; give one of them"
             )
-        size = embedding_size if embedding_size is not None else in_features
-        name = "embedding_size" if embedding_size is not None else "in_features"
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        self.in_features = self.embedding_size = check_positive_int(name, size)
         self.alpha = check_nonnegative("alpha", alpha)
         self.lamda = check_nonnegative("lamda", lamda)
-        check_option("reduction", reduction, REDUCTIONS)
-        self.reduction = reduction
-        self.weight = nn.Parameter(torch.empty(num_classes, self.in_features))
-        nn.init.xavier_uniform_(self.weight)
-        self.last_logs: dict[str, float] = {}
+        size = in_features if in_features is not None else embedding_size
+        super().__init__(size, num_classes, reduction)
+
+    @property
+    def embedding_size(self) -> int:
+        """gluon-face's name of ``in_features``."""
+        return self.in_features
 
     def logits(self, embeddings: Tensor) -> Tensor:
         """Return :math:`-d_{ik} = -\\tfrac12\\lVert x_i - \\mu_k\\rVert^2`, ``(N, num_classes)``.
@@ -102,12 +92,8 @@ class LGMLoss(nn.Module):
             x @ means.T - 0.5 * means.pow(2).sum(1)[None, :] - 0.5 * x.pow(2).sum(1, keepdim=True)
         )
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Return the L-GM loss of ``embeddings`` (N, embedding_size) for ``labels`` (N,)."""
-        check_embeddings(embeddings, self.in_features)
-        labels = check_labels(labels, embeddings.shape[0])
-        check_label_range(labels, None, self.num_classes, None, name="labels")
-        x = embeddings.to(self.weight.dtype)
+    def per_row_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        x = embeddings
         means = self.weight
         # Distances from the expansion ‖x‖² + ‖μ‖² − 2x·μ cancel: keep them out of autocast's
         # half precision (the head's dtype, like the target distance below).
@@ -118,13 +104,10 @@ class LGMLoss(nn.Module):
         lse_rest = lse_shifted - 0.5 * x.pow(2).sum(1).to(lse_shifted.dtype)
         classification = margin_softmax_loss(lse_rest, -(1.0 + self.alpha) * distance)
         self.last_logs = {
-            "classification": float(classification.detach().mean()),
-            "likelihood": float(distance.detach().mean()),
+            "classification": detached(classification.mean()),
+            "likelihood": detached(distance.mean()),
         }
-        return reduce_loss(classification + self.lamda * distance, self.reduction)
+        return classification + self.lamda * distance
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
-            f"alpha={self.alpha:g}, lamda={self.lamda:g}, reduction={self.reduction!r}"
-        )
+    def repr_fields(self) -> list[str]:
+        return [f"alpha={self.alpha:g}", f"lamda={self.lamda:g}"]

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from marginkit.losses._head import detached
 from marginkit.losses.angular_margin import AngularMarginLoss, check_margin
 from marginkit.ops import combined_margin_logit
 from marginkit.ops._dtypes import accumulation_dtype
@@ -28,9 +29,10 @@ class MagFaceLoss(AngularMarginLoss):
 
     The margin's gradient reaches the norm, so high-quality samples are pulled to larger
     magnitudes and the norm becomes a quality score; :math:`g` keeps the norms from collapsing.
-    The target logit uses ArcFace's continuation :math:`\cos\theta - m\sin m` past
-    :math:`\theta + m = \pi` (``easy_margin=False``, as the official ``MagLinear``) or the
-    easy margin. ``last_logs`` holds the batch's mean regulariser and mean magnitude.
+    The target logit uses the easy margin by default (the margin only where
+    :math:`\cos\theta > 0`, elsewhere :math:`\cos\theta`): the official ``MagLinear``
+    defaults to ``easy_margin=True`` and its model builders never pass it. ``easy_margin=False``
+    gives ArcFace's continuation :math:`\cos\theta - m\sin m` past :math:`\theta + m = \pi`. ``last_logs`` holds the batch's mean regulariser and mean magnitude.
 
     Note the magnitudes are those of the embeddings the head receives; the defaults are the
     paper's (iResNet-100 features with norms 10–110). A small backbone whose norms sit below
@@ -42,11 +44,12 @@ class MagFaceLoss(AngularMarginLoss):
     Args:
         in_features: embedding dimension.
         num_classes: number of training classes.
-        s: logit scale. Default 64.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 64.
         l_a, u_a: magnitude range, ``0 < l_a < u_a``. Default 10, 110.
         l_m, u_m: margin range in radians, ``0 <= l_m <= u_m < pi``. Default 0.45, 0.8.
         lambda_g: weight of the regulariser, ``>= 0``. Default 35.
-        easy_margin: apply the margin only to positive target cosines.
+        easy_margin: apply the margin only to positive target cosines. Default ``True`` (the
+            official code's).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
             fused normalised-linear op (see :class:`~marginkit.losses.AngularMarginLoss`).
@@ -63,13 +66,13 @@ class MagFaceLoss(AngularMarginLoss):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 64.0,
+        s: float | str = 64.0,
         l_a: float = 10.0,
         u_a: float = 110.0,
         l_m: float = 0.45,
         u_m: float = 0.8,
         lambda_g: float = 35.0,
-        easy_margin: bool = False,
+        easy_margin: bool = True,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
     ) -> None:
@@ -90,7 +93,6 @@ class MagFaceLoss(AngularMarginLoss):
         if not isinstance(easy_margin, bool):
             raise TypeError(f"`easy_margin` must be a bool, got {type(easy_margin).__name__}")
         self.easy_margin = easy_margin
-        self.last_logs: dict[str, float] = {}
 
     def magnitude(self, embeddings: Tensor) -> Tensor:
         r""":math:`a_i = \operatorname{clamp}(\lVert x_i\rVert, l_a, u_a)`, ``(N,)``, differentiable."""
@@ -120,8 +122,8 @@ class MagFaceLoss(AngularMarginLoss):
         regularizer = self.regularizer(magnitude)
         if self.training:
             self.last_logs = {
-                "magface_regularizer": float(regularizer.detach().mean()),
-                "magface_magnitude": float(magnitude.detach().mean()),
+                "magface_regularizer": detached(regularizer.mean()),
+                "magface_magnitude": detached(magnitude.mean()),
             }
         loss = super().per_row_loss(embeddings, labels)
         return loss + self.lambda_g * regularizer.to(loss.dtype)

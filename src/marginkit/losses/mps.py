@@ -6,20 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginkit._validation import check_finite_number, check_labels, check_option
+from marginkit._validation import (
+    check_finite_number,
+    check_floating_matrix,
+    check_labels,
+    check_option,
+)
+from marginkit.losses._head import detached
 from marginkit.losses._loss_utils import reduce_loss
 from marginkit.ops import REDUCTIONS
-
-
-def _check_batch(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
-    if value.ndim != 2 or not value.is_floating_point():
-        raise ValueError(
-            f"`{name}` must be a floating (N, D) tensor, got {value.dtype} of shape "
-            f"{tuple(value.shape)}"
-        )
-    return value
 
 
 def aligned_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,11 +88,14 @@ class MPSLoss(nn.Module):
             raise ValueError(f"`m` must be a finite number >= 0, got {self.m}")
         check_option("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def pair_loss(self, first: Tensor, second: Tensor) -> Tensor:
         """Return the MPS loss of two aligned ``(M, D)`` batches, ``M >= 2``."""
-        first, second = _check_batch("first", first), _check_batch("second", second)
+        first, second = (
+            check_floating_matrix("first", first),
+            check_floating_matrix("second", second),
+        )
         if first.shape != second.shape:
             raise ValueError(
                 f"`second` must have the shape of `first` {tuple(first.shape)}, got "
@@ -112,7 +110,7 @@ class MPSLoss(nn.Module):
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Return the MPS loss over the aligned pairs formed from ``embeddings`` and ``labels``."""
-        embeddings = _check_batch("embeddings", embeddings)
+        embeddings = check_floating_matrix("embeddings", embeddings)
         labels = check_labels(labels, embeddings.shape[0])
         first, second = aligned_pairs(labels)
         pair_labels = labels[first]
@@ -137,8 +135,8 @@ class MPSLoss(nn.Module):
             excluded = excluded | same_label
         impostor = torch.maximum(scores, scores.T).masked_fill(excluded, float("-inf")).amax(1)
         self.last_logs = {
-            "genuine": float(genuine.detach().mean()),
-            "impostor": float(impostor.detach().mean()),
+            "genuine": detached(genuine.mean()),
+            "impostor": detached(impostor.mean()),
             "pairs": float(scores.shape[0]),
         }
         return torch.relu(self.m + impostor - genuine)

@@ -22,7 +22,7 @@ class NormFaceLoss(AngularMarginLoss):
     Args:
         in_features: embedding dimension.
         num_classes: number of training classes.
-        s: logit scale. Default 20.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 20.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         memory_efficient: ``True`` / ``False`` / ``"auto"``: run the N×C step on the
             fused normalised-linear op (see :class:`~marginkit.losses.AngularMarginLoss`).
@@ -38,7 +38,7 @@ class NormFaceLoss(AngularMarginLoss):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 20.0,
+        s: float | str = 20.0,
         reduction: str = "mean",
         memory_efficient: bool | str = "auto",
     ) -> None:

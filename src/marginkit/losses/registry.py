@@ -26,6 +26,7 @@ _REGISTRY: dict[str, str] = {
     "adaface": "adaface:AdaFaceLoss",
     "magface": "magface:MagFaceLoss",
     "svx_softmax": "svx_softmax:SVXSoftmaxLoss",
+    "adacos": "adacos:AdaCosLoss",
     "coco": "coco:COCOLoss",
     "lgm": "lgm:LGMLoss",
     "mps": "mps:MPSLoss",

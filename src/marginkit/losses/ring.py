@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from marginkit._validation import check_finite_number, check_labels, check_option
-from marginkit.losses._loss_utils import check_nonnegative, reduce_loss
+from marginkit._validation import (
+    check_finite_number,
+    check_floating_matrix,
+    check_labels,
+    check_nonnegative,
+    check_option,
+)
+from marginkit.losses._head import detached
+from marginkit.losses._loss_utils import reduce_loss
 from marginkit.ops import REDUCTIONS
 
 
@@ -50,17 +57,11 @@ class RingLoss(nn.Module):
         # In the state dict, so a resumed run does not re-initialise R from its first batch.
         self.register_buffer("radius_initialised", torch.tensor(r_init is not None))
         self._initialisation_checked = r_init is not None
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, Tensor | float] = {}
 
     def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
         """Return :math:`\\frac{\\lambda}{2}(\\lVert x_i\\rVert - R)^2`, reduced over rows."""
-        if not isinstance(embeddings, Tensor):
-            raise TypeError(f"`embeddings` must be a torch.Tensor, got {type(embeddings).__name__}")
-        if embeddings.ndim != 2 or not embeddings.is_floating_point():
-            raise ValueError(
-                "`embeddings` must be a floating (N, D) tensor, got "
-                f"{embeddings.dtype} of shape {tuple(embeddings.shape)}"
-            )
+        check_floating_matrix("embeddings", embeddings)
         if labels is not None:
             check_labels(labels, embeddings.shape[0])
         norms = torch.linalg.vector_norm(embeddings.to(self.radius.dtype), dim=1)
@@ -71,7 +72,7 @@ class RingLoss(nn.Module):
                     self.radius_initialised.fill_(True)
             self._initialisation_checked = True
         loss = 0.5 * self.lamda * (norms - self.radius).pow(2)
-        self.last_logs = {"radius": float(self.radius.detach())}
+        self.last_logs = {"radius": detached(self.radius)}
         return reduce_loss(loss, self.reduction)
 
     def extra_repr(self) -> str:

@@ -37,7 +37,7 @@ class SphereFaceLoss(AngularMarginLoss):
         in_features: embedding dimension.
         num_classes: number of training classes.
         m: integer angular margin ``>= 1`` (``m = 1``: normalised softmax). Default 4.
-        s: logit scale. Default 30.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`). Default 30.
         annealing: blend with the plain cosine by the decaying :math:`\lambda`.
         lambda_base, lambda_gamma, lambda_power, lambda_min: the schedule of :math:`\lambda`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
@@ -57,7 +57,7 @@ class SphereFaceLoss(AngularMarginLoss):
         in_features: int,
         num_classes: int,
         m: int = 4,
-        s: float = 30.0,
+        s: float | str = 30.0,
         annealing: bool = False,
         lambda_base: float = 1000.0,
         lambda_gamma: float = 0.12,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginkit._validation import check_embeddings, check_labels, check_positive_int
-from marginkit.losses.angular_margin import check_margin, prepare_inputs
+from marginkit.losses.angular_margin import check_margin
 from marginkit.losses.arcface import ArcFaceLoss
 
 
@@ -42,7 +42,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         num_classes: number of training classes.
         sub_centers: ``K >= 1`` (the paper's 3; ``K = 1`` is ArcFace).
         m: additive angular margin in radians, ``[0, pi)``.
-        s: logit scale.
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
         easy_margin: apply the margin only to positive target cosines.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         grad_mode: ``"exact"`` or ``"straight_through"``.
@@ -69,7 +69,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         num_classes: int,
         sub_centers: int = 3,
         m: float = 0.5,
-        s: float = 64.0,
+        s: float | str = 64.0,
         easy_margin: bool = False,
         reduction: str = "mean",
         grad_mode: str = "exact",
@@ -124,9 +124,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         A majority vote over the given samples (ties: the lowest index); ``-1`` for a class
         without samples. Call it on the whole training set (or sum the votes yourself).
         """
-        embeddings, labels = prepare_inputs(
-            embeddings, labels, self.in_features, self.num_classes, self.weight.dtype
-        )
+        embeddings, labels = self.validate(embeddings, labels)
         closest = self.closest_sub_centers(embeddings, labels)
         votes = torch.zeros(
             self.num_classes, self.sub_centers, dtype=torch.long, device=labels.device

@@ -33,6 +33,12 @@ class SVXSoftmaxLoss(AngularMarginLoss):
     SV-Arc-Softmax. The margin continues monotonically past :math:`m_1\theta + m_2 = \pi`
     (the ``"monotonic"`` fallback), so every combination decreases in :math:`\theta`.
 
+    **Margin names**: ``m1, m2, m3`` are insightface's (multiplicative angular, additive
+    angular, additive cosine). gluon-face's ``SVXSoftmax`` swaps the last two (its ``m2`` is the
+    cosine margin, its ``m3`` the angular one): code ported from gluon-face with the same
+    keywords would silently train with the wrong margins. Use :meth:`from_gluonface`, which
+    takes gluon-face's names.
+
     **Memory**: with ``t == 1`` the head runs on the fused op (one N×C buffer); with
     ``t != 1`` the rewrite of non-target logits runs the composed path
     (:func:`~marginkit.losses.angular_margin.hard_negative_softmax_loss`: N×C temporaries in
@@ -44,7 +50,8 @@ class SVXSoftmaxLoss(AngularMarginLoss):
     Args:
         in_features: embedding dimension.
         num_classes: number of training classes.
-        s: logit scale. Default 32 (the paper's).
+        s: logit scale, or ``"auto"`` (AdaCos's :math:`\sqrt{2}\log(C-1)`).
+            Default 32 (the paper's).
         t: re-weighting of mis-classified negatives, ``>= 1`` (the paper uses 1.2). Default 1.
         m1: multiplicative angular margin, ``> 0``. Default 1.
         m2: additive angular margin in radians, ``[0, pi)``. Default 0.
@@ -65,7 +72,7 @@ class SVXSoftmaxLoss(AngularMarginLoss):
         self,
         in_features: int,
         num_classes: int,
-        s: float = 32.0,
+        s: float | str = 32.0,
         t: float = 1.0,
         m1: float = 1.0,
         m2: float = 0.0,
@@ -77,6 +84,29 @@ class SVXSoftmaxLoss(AngularMarginLoss):
         self.m1 = check_finite_number("m1", m1, positive=True)
         self.m2 = check_margin("m2", m2, upper=math.pi)
         self.m3 = check_margin("m3", m3)
+
+    @classmethod
+    def from_gluonface(
+        cls,
+        in_features: int,
+        num_classes: int,
+        *,
+        s: float | str,
+        t: float,
+        m1: float,
+        m2: float,
+        m3: float,
+        reduction: str = "mean",
+    ) -> SVXSoftmaxLoss:
+        r"""The head built from gluon-face's ``SVXSoftmax`` margins: its ``m2`` is the *cosine*
+        margin, its ``m3`` the *angular* one, so :math:`\phi = \cos(m_1\theta + m_3) - m_2`.
+
+        Example:
+            >>> head = SVXSoftmaxLoss.from_gluonface(8, 3, s=16.0, t=1.2, m1=1.0, m2=0.35, m3=0.1)
+            >>> head.m2, head.m3  # ours: angular, cosine
+            (0.1, 0.35)
+        """
+        return cls(in_features, num_classes, s=s, t=t, m1=m1, m2=m3, m3=m2, reduction=reduction)
 
     def target_logit(
         self, cos: Tensor, theta: Tensor, embeddings: Tensor, labels: Tensor

@@ -10,14 +10,14 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from marginkit._validation import check_chunking, check_top_k
 from marginkit.metrics._plot import figure_and_axes
+from marginkit.metrics.direction import directions
 from marginkit.metrics.functional._knn import DEFAULT_MEMORY_BUDGET
 from marginkit.metrics.functional.retrieval import (
-    _check_chunking,
     _check_distance,
     _check_knn_backend,
     _check_metrics,
-    _check_top_k,
     _result_names,
     _retrieval_compute,
     _retrieval_update,
@@ -80,7 +80,8 @@ class RetrievalMetrics(Metric):
     """
 
     is_differentiable = False
-    higher_is_better = True
+    # Mixed directions (see higher_is_better_by_name): no single answer.
+    higher_is_better = None
     full_state_update = False
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
@@ -101,9 +102,9 @@ class RetrievalMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.top_k = _check_top_k(top_k)
+        self.top_k = check_top_k(top_k)
         self.metrics = _check_metrics(metrics)
-        _check_chunking(chunk_size, memory_budget)
+        check_chunking(chunk_size, memory_budget)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.distance = _check_distance(distance)
@@ -112,6 +113,11 @@ class RetrievalMetrics(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("is_query", default=[], dist_reduce_fx="cat")
         self.add_state("is_gallery", default=[], dist_reduce_fx="cat")
+
+    @property
+    def higher_is_better_by_name(self) -> dict[str, bool]:
+        """``{result key: whether larger is better}`` (:mod:`marginkit.metrics.direction`)."""
+        return directions(self.names)
 
     @property
     def names(self) -> list[str]:

@@ -10,10 +10,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from marginkit._validation import check_far_targets, check_n_folds
 from marginkit.metrics._plot import figure_and_axes
+from marginkit.metrics.direction import directions
 from marginkit.metrics.functional.verification import (
-    _check_far_targets,
-    _check_n_folds,
     _check_verification_distance,
     _pair_scores,
     _roc,
@@ -62,7 +62,8 @@ class VerificationMetrics(Metric):
     """
 
     is_differentiable = False
-    higher_is_better = True
+    # Mixed directions (see higher_is_better_by_name): no single answer.
+    higher_is_better = None
     full_state_update = False
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
@@ -78,11 +79,16 @@ class VerificationMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.far_targets = _check_far_targets(far_targets)
-        self.n_folds = _check_n_folds(n_folds)
+        self.far_targets = check_far_targets(far_targets)
+        self.n_folds = check_n_folds(n_folds)
         self.distance = _check_verification_distance(distance)
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("issame", default=[], dist_reduce_fx="cat")
+
+    @property
+    def higher_is_better_by_name(self) -> dict[str, bool]:
+        """``{result key: whether larger is better}`` (:mod:`marginkit.metrics.direction`)."""
+        return directions(self.names)
 
     @property
     def names(self) -> list[str]:

@@ -1,44 +1,30 @@
-"""Input checks and the distance matrix shared by the miners and the pair/triplet losses."""
+"""The distance matrix and pair masks shared by the miners and the pair/triplet losses.
+
+Their input checks live in :mod:`marginkit._validation` (re-imported here for the losses that
+import them from this module).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from marginkit._validation import check_labels
+from marginkit._validation import check_features_and_labels, check_finite_rows
+
+# The old name of check_finite_rows, still imported by the pair losses.
+check_finite_tensor = check_finite_rows
+
+__all__ = [
+    "check_features_and_labels",
+    "check_finite_tensor",
+    "compute_dtype",
+    "pair_masks",
+    "pairwise_distances",
+    "safe_sqrt",
+]
 
 # Squared distances at or below this are treated as 0 (their square root's gradient is 0 there).
 _SQUARED_DISTANCE_FLOOR = 1e-12
-
-
-def check_features_and_labels(features: object, labels: object) -> Tensor:
-    """Check a (B, D) floating, finite ``features`` batch and its (B,) integer ``labels``.
-
-    Returns the labels as a 1-D int64 tensor. One device-to-host read (the finiteness check):
-    nothing trains on with NaN or infinite embeddings.
-    """
-    if not isinstance(features, Tensor):
-        raise TypeError(f"`features` must be a torch.Tensor, got {type(features).__name__}")
-    if features.ndim != 2:
-        raise ValueError(f"`features` must have shape (B, D), got {tuple(features.shape)}")
-    if not features.is_floating_point():
-        raise ValueError(f"`features` must be floating point, got {features.dtype}")
-    labels = check_labels(labels, features.shape[0])
-    if labels.device != features.device:
-        raise ValueError(
-            f"`labels` must be on the device of `features` ({features.device}), got {labels.device}"
-        )
-    check_finite_tensor("features", features)
-    return labels
-
-
-def check_finite_tensor(name: str, tensor: Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` and the first bad row if ``tensor`` has NaN or inf."""
-    finite = torch.isfinite(tensor.detach())
-    if bool(finite.all()):
-        return
-    row = int((~finite).reshape(len(tensor), -1).any(1).nonzero()[0, 0]) if tensor.ndim else 0
-    raise ValueError(f"`{name}` must be finite, got NaN or inf at row {row}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,9 +1,12 @@
-"""Whether a logged metric is better when larger or smaller (checkpointing, early stopping)."""
+"""Whether a logged metric is better when larger or smaller (checkpointing, early stopping).
+
+The directions are the metrics' own (:data:`marginkit.metrics.direction.HIGHER_IS_BETTER`);
+a name the map does not know (a loss's ``train/<key>`` log) counts as higher is better.
+"""
 
 from __future__ import annotations
 
-# Metrics for which a smaller value is better; every other logged metric is "higher is better".
-LOWER_IS_BETTER = ("eer", "loss", "accuracy_std", "n_queries_without_match")
+from marginkit.metrics.direction import higher_is_better
 
 
 def metric_mode(name: str) -> str:
@@ -13,5 +16,4 @@ def metric_mode(name: str) -> str:
         >>> metric_mode("val/precision@1"), metric_mode("val/eer")
         ('max', 'min')
     """
-    short = name.rsplit("/", 1)[-1]
-    return "min" if short in LOWER_IS_BETTER else "max"
+    return "min" if higher_is_better(name) is False else "max"

@@ -8,6 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from marginkit._validation import (
+    check_choice,
+    check_chunking,
+    check_embedding_matrix,
+    check_flags,
+    check_label_vector,
+    check_metric_names,
+    check_top_k,
+)
 from marginkit.metrics.functional._knn import (
     DEFAULT_MEMORY_BUDGET,
     DISTANCES,
@@ -23,110 +32,23 @@ AT_R_METRICS = ("r_precision", "map@r")
 RETRIEVAL_METRICS = AT_K_METRICS + AT_R_METRICS
 
 
-# --------------------------------------------------------------------------------------------
-# Argument checks (public boundary)
-# --------------------------------------------------------------------------------------------
-def _check_top_k(top_k: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(top_k, int) and not isinstance(top_k, bool):
-        top_k = (top_k,)
-    try:
-        values = tuple(top_k)
-    except TypeError:
-        raise ValueError(f"`top_k` must be an int or a sequence of ints, got {top_k!r}") from None
-    if not values:
-        raise ValueError("`top_k` must hold at least one k, got an empty sequence")
-    for k in values:
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"`top_k` must hold positive ints, got {k!r} in {list(values)}")
-    return tuple(sorted(set(values)))
+# The old private name, still imported by marginkit.models.
+_check_top_k = check_top_k
 
 
 def _check_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
-    if metrics is None:
-        return RETRIEVAL_METRICS
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    values = tuple(metrics)
-    if not values:
-        raise ValueError(f"`metrics` must name at least one of {RETRIEVAL_METRICS}, got []")
-    for name in values:
-        if name not in RETRIEVAL_METRICS:
-            raise ValueError(f"`metrics` must hold names from {RETRIEVAL_METRICS}, got {name!r}")
-    return tuple(name for name in RETRIEVAL_METRICS if name in values)
+    return check_metric_names(metrics, RETRIEVAL_METRICS)
 
 
 def _check_distance(distance: str) -> str:
-    if distance not in DISTANCES:
-        raise ValueError(f"`distance` must be one of {DISTANCES}, got {distance!r}")
-    return distance
+    return check_choice("distance", distance, DISTANCES)
 
 
 def _check_knn_backend(knn_backend: str) -> str:
-    if knn_backend not in KNN_BACKENDS:
-        raise ValueError(f"`knn_backend` must be one of {KNN_BACKENDS}, got {knn_backend!r}")
+    check_choice("knn_backend", knn_backend, KNN_BACKENDS)
     if knn_backend == "faiss":
-        import_faiss()
+        import_faiss()  # installed?
     return knn_backend
-
-
-def _check_chunking(chunk_size: int | None, memory_budget: int) -> None:
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0
-    ):
-        raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}")
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"`memory_budget` must be a positive int (bytes), got {memory_budget!r}")
-
-
-def _check_embeddings(name: str, embeddings: Tensor, dim: int | None = None) -> None:
-    if not isinstance(embeddings, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(embeddings).__name__}")
-    if embeddings.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (N, D), got {tuple(embeddings.shape)}")
-    if embeddings.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty: shape {tuple(embeddings.shape)}")
-    if embeddings.shape[1] == 0:
-        raise ValueError(f"`{name}` has no features: shape {tuple(embeddings.shape)}")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"`{name}` must be floating point, got {embeddings.dtype}")
-    if dim is not None and embeddings.shape[1] != dim:
-        raise ValueError(
-            f"`{name}` must have {dim} features like the earlier embeddings, "
-            f"got shape {tuple(embeddings.shape)}"
-        )
-    finite = torch.isfinite(embeddings).all(1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        bad = embeddings[row][~torch.isfinite(embeddings[row])][0].item()
-        raise ValueError(f"`{name}` must be finite, got {bad} at row {row}")
-
-
-def _check_labels(name: str, labels: Tensor, size: int, device: torch.device) -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"`{name}` must be an integer tensor, got {labels.dtype}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1 or labels.shape[0] != size:
-        raise ValueError(
-            f"`{name}` must have shape ({size},) to match the embeddings, got {tuple(labels.shape)}"
-        )
-    return labels.to(device=device, dtype=torch.long)
-
-
-def _check_flags(name: str, flags: Tensor | None, size: int, device: torch.device) -> Tensor:
-    if flags is None:
-        return torch.ones(size, dtype=torch.bool, device=device)
-    if not isinstance(flags, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor or None, got {type(flags).__name__}")
-    if flags.dtype != torch.bool:
-        raise ValueError(f"`{name}` must be a bool tensor, got {flags.dtype}")
-    if flags.ndim != 1 or flags.shape[0] != size:
-        raise ValueError(
-            f"`{name}` must have shape ({size},) to match the embeddings, got {tuple(flags.shape)}"
-        )
-    return flags.to(device)
 
 
 def _retrieval_update(
@@ -137,11 +59,11 @@ def _retrieval_update(
     dim: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Validate one batch; return detached ``(embeddings, labels, is_query, is_gallery)``."""
-    _check_embeddings("embeddings", embeddings, dim)
+    check_embedding_matrix("embeddings", embeddings, dim)
     size, device = embeddings.shape[0], embeddings.device
-    labels = _check_labels("labels", labels, size, device)
-    is_query = _check_flags("is_query", is_query, size, device)
-    is_gallery = _check_flags("is_gallery", is_gallery, size, device)
+    labels = check_label_vector("labels", labels, size, device)
+    is_query = check_flags("is_query", is_query, size, device)
+    is_gallery = check_flags("is_gallery", is_gallery, size, device)
     return embeddings.detach(), labels, is_query, is_gallery
 
 
@@ -339,11 +261,11 @@ def retrieval_metrics(
         >>> int(result["n_queries_without_match"])
         2
     """
-    top_k = _check_top_k(top_k)
+    top_k = check_top_k(top_k)
     metrics = _check_metrics(metrics)
     distance = _check_distance(distance)
     knn_backend = _check_knn_backend(knn_backend)
-    _check_chunking(chunk_size, memory_budget)
+    check_chunking(chunk_size, memory_budget)
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("`gallery` and `gallery_labels` must be given together (or neither)")
     query, query_labels, _, _ = _retrieval_update(query, query_labels)
@@ -351,12 +273,14 @@ def retrieval_metrics(
         flags = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
         state = (query, query_labels, flags, flags)
     else:
-        _check_embeddings("gallery", gallery, query.shape[1])
+        check_embedding_matrix("gallery", gallery, query.shape[1])
         if gallery.device != query.device:
             raise ValueError(
                 f"`gallery` must be on the device of `query` ({query.device}), got {gallery.device}"
             )
-        gallery_labels = _check_labels("gallery_labels", gallery_labels, len(gallery), query.device)
+        gallery_labels = check_label_vector(
+            "gallery_labels", gallery_labels, len(gallery), query.device
+        )
         num_query, num_gallery = query.shape[0], gallery.shape[0]
         dtype = torch.promote_types(query.dtype, gallery.dtype)
         state = (

@@ -10,60 +10,23 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.utilities import rank_zero_warn
 
+from marginkit._validation import (
+    check_choice,
+    check_far_targets,
+    check_finite_rows,
+    check_issame,
+    check_n_folds,
+)
+
 VERIFICATION_DISTANCES = ("cosine", "euclidean")
 
 
-# --------------------------------------------------------------------------------------------
-# Argument checks (public boundary)
-# --------------------------------------------------------------------------------------------
-def _check_far_targets(far_targets: float | Sequence[float]) -> tuple[float, ...]:
-    if isinstance(far_targets, (int, float)) and not isinstance(far_targets, bool):
-        far_targets = (far_targets,)
-    values = tuple(far_targets)
-    if not values:
-        raise ValueError("`far_targets` must hold at least one false-accept rate, got []")
-    for far in values:
-        if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0 < far <= 1:
-            raise ValueError(f"`far_targets` must hold rates in (0, 1], got {far!r}")
-    return tuple(float(far) for far in values)
-
-
-def _check_n_folds(n_folds: int) -> int:
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
-        raise ValueError(f"`n_folds` must be an int >= 2, got {n_folds!r}")
-    return n_folds
+# The old private name, still imported by marginkit.models.
+_check_far_targets = check_far_targets
 
 
 def _check_verification_distance(distance: str) -> str:
-    if distance not in VERIFICATION_DISTANCES:
-        raise ValueError(f"`distance` must be one of {VERIFICATION_DISTANCES}, got {distance!r}")
-    return distance
-
-
-def _check_issame(issame: Tensor, size: int, device: torch.device) -> Tensor:
-    if not isinstance(issame, Tensor):
-        raise TypeError(f"`issame` must be a torch.Tensor, got {type(issame).__name__}")
-    if issame.ndim != 1 or issame.shape[0] != size:
-        raise ValueError(
-            f"`issame` must have shape ({size},) to match the pairs, got {tuple(issame.shape)}"
-        )
-    if issame.dtype != torch.bool:
-        if issame.is_floating_point() or issame.is_complex():
-            raise ValueError(f"`issame` must be a bool or 0/1 integer tensor, got {issame.dtype}")
-        bad = (issame != 0) & (issame != 1)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"`issame` must be 0 or 1, got {int(issame[row])} at row {row}")
-        issame = issame.bool()
-    return issame.to(device)
-
-
-def _check_finite(name: str, values: Tensor) -> None:
-    finite = torch.isfinite(values).reshape(values.shape[0], -1).all(1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        bad = values[row].reshape(-1)[~torch.isfinite(values[row].reshape(-1))][0].item()
-        raise ValueError(f"`{name}` must be finite, got {bad} at row {row}")
+    return check_choice("distance", distance, VERIFICATION_DISTANCES)
 
 
 def _verification_update_scores(scores: Tensor, issame: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,8 +39,8 @@ def _verification_update_scores(scores: Tensor, issame: Tensor) -> tuple[Tensor,
         raise ValueError("`scores` is empty: shape (0,)")
     if not scores.is_floating_point():
         raise ValueError(f"`scores` must be floating point, got {scores.dtype}")
-    _check_finite("scores", scores)
-    issame = _check_issame(issame, scores.shape[0], scores.device)
+    check_finite_rows("scores", scores)
+    issame = check_issame(issame, scores.shape[0], scores.device)
     return scores.detach(), issame
 
 
@@ -97,8 +60,8 @@ def _pair_scores(emb1: Tensor, emb2: Tensor, distance: str) -> Tensor:
         )
     if emb1.shape[0] == 0:
         raise ValueError(f"`emb1` is empty: shape {tuple(emb1.shape)}")
-    _check_finite("emb1", emb1)
-    _check_finite("emb2", emb2)
+    check_finite_rows("emb1", emb1)
+    check_finite_rows("emb2", emb2)
     first, second = emb1.detach().float(), emb2.detach().float()
     if distance == "cosine":
         return (F.normalize(first, dim=1) * F.normalize(second, dim=1)).sum(1)
@@ -285,7 +248,7 @@ def verification_metrics(
         >>> round(float(result["auc"]), 4), round(float(result["tar@far=0.5"]), 4)
         (0.8889, 1.0)
     """
-    far_targets = _check_far_targets(far_targets)
-    n_folds = _check_n_folds(n_folds)
+    far_targets = check_far_targets(far_targets)
+    n_folds = check_n_folds(n_folds)
     scores, issame = _verification_update_scores(scores, issame)
     return _verification_compute(scores, issame, far_targets, n_folds)

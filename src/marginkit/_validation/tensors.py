@@ -1,76 +1,29 @@
-"""Argument checks shared by the ops, the losses and the miners (one place, one error type per mistake).
-
-A wrong *type* raises ``TypeError``, a bad *value* ``ValueError``; every message names the
-argument and what was allowed.
-
-Two kinds, kept apart on purpose:
-
-* **static** checks (:func:`check_static_arguments`): types, shapes, dtypes, devices and option
-  strings. They read metadata only, never tensor data, so they cost nothing on the device, run
-  in the Python wrappers, and ``torch.compile`` traces through them without a graph break.
-* the **label range** check (:func:`check_label_range`), which is data dependent: it runs inside
-  the op kernels (opaque to ``torch.compile``), costs O(N) and one device-to-host read of a single
-  boolean (a sync on CUDA); only when it fails does it look further, to name the offending label
-  and row.
-"""
+"""Checks of tensors: types, shapes, dtypes, devices, labels, finiteness (the data-dependent
+ones cost one host read of a single boolean, and look further only on failure)."""
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import torch
 from torch import Tensor
 
-REDUCTIONS = ("mean", "sum", "none")
-IMPLS = (None, "torch", "triton")
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_option(name: str, value: object, allowed: tuple) -> None:
-    """Raise unless ``value`` is one of ``allowed``: ``TypeError`` for a non-string, else ``ValueError``.
-
-    ``None`` is a value like the strings (allowed where ``allowed`` lists it).
-    """
-    if value is None or isinstance(value, str):
-        if value not in allowed:
-            raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
-        return
-    raise TypeError(f"`{name}` must be one of {allowed}, got {type(value).__name__} {value!r}")
-
-
-def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_process_group(group: object) -> None:
-    """Raise ``TypeError`` unless ``group`` is a ``torch.distributed`` process group or ``None``."""
-    import torch.distributed as dist
-
-    if group is not None and not isinstance(group, dist.ProcessGroup):
-        raise TypeError(
-            f"`group` must be a torch.distributed ProcessGroup or None, got {type(group).__name__}"
-        )
-
-
-def check_finite_number(name: str, value: object, *, positive: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite real number (``> 0`` with ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0):
-        wanted = "a finite number > 0" if positive else "a finite number"
-        raise ValueError(f"`{name}` must be {wanted}, got {value}")
-    return value
 
 
 def check_tensor(name: str, value: object) -> Tensor:
     """Return ``value`` if it is a ``torch.Tensor``, else raise ``TypeError`` naming ``name``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_floating_matrix(name: str, value: object) -> Tensor:
+    """Return ``value`` if it is a floating ``(N, D)`` tensor: ``TypeError`` / ``ValueError``."""
+    value = check_tensor(name, value)
+    if value.ndim != 2 or not value.is_floating_point():
+        raise ValueError(
+            f"`{name}` must be a floating (N, D) tensor, got {value.dtype} of shape "
+            f"{tuple(value.shape)}"
+        )
     return value
 
 
@@ -181,24 +134,6 @@ def check_categories(
         check_same_device(name, value, *device_of)
 
 
-def check_margins(
-    m1: object, m2: object, m3: object, names: tuple[str, str, str]
-) -> tuple[float, float, float]:
-    """Return the margins as floats: ``TypeError`` for a non-number, ``ValueError`` unless finite
-    with the first one ``> 0``."""
-    return (
-        check_finite_number(names[0], m1, positive=True),
-        check_finite_number(names[1], m2),
-        check_finite_number(names[2], m3),
-    )
-
-
-def check_ignore_index(ignore_index: object) -> None:
-    """Raise ``TypeError`` unless ``ignore_index`` is an ``int``."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
-
-
 def check_label_range(
     label: Tensor,
     valid: Tensor | None,
@@ -225,15 +160,6 @@ def check_label_range(
     raise ValueError(f"`{name}` must be in {allowed}, got {int(label[row])} at row {row}")
 
 
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` if it is a positive ``int``, else raise ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be positive, got {value}")
-    return value
-
-
 def check_embeddings(embeddings: Tensor, in_features: int) -> None:
     """Raise ``ValueError`` unless ``embeddings`` is a floating (N, in_features) tensor."""
     check_tensor("embeddings", embeddings)
@@ -245,20 +171,106 @@ def check_embeddings(embeddings: Tensor, in_features: int) -> None:
         raise ValueError(f"`embeddings` must be floating point, got {embeddings.dtype}")
 
 
-def check_labels(labels: Tensor, batch_size: int) -> Tensor:
+def check_labels(labels: object, batch_size: int, name: str = "labels") -> Tensor:
     """Return ``labels`` as a 1-D int64 tensor after checking its batch size and dtype.
 
-    Metadata only (no device work); the range check is the op's
-    :func:`check_label_range`.
+    ``(N,)`` or ``(N, 1)`` integers; ``name`` is what the messages call it. Metadata only (no
+    device work); the range check is the op's :func:`check_label_range`.
     """
-    check_tensor("labels", labels)
+    check_tensor(name, labels)
     if not _is_integer(labels):
-        raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+        raise ValueError(f"`{name}` must be an integer tensor, got {labels.dtype}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != batch_size:
         raise ValueError(
-            f"`labels` must have shape ({batch_size},) to match the embeddings, "
+            f"`{name}` must have shape ({batch_size},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
     return labels.long()
+
+
+def check_labels_and_finite_rows(labels: Tensor, embeddings: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` for a label outside ``[0, num_classes)`` or a non-finite embedding row.
+
+    Both checks share one host read of a single boolean (the one the label range check costs on
+    its own); only on failure does it look further, to name the label or the row.
+    """
+    bad_label = (labels < 0) | (labels >= num_classes)
+    nonfinite = ~torch.isfinite(embeddings).all(dim=1)
+    if not bool((bad_label | nonfinite).any()):
+        return
+    check_label_range(labels, None, num_classes, None, name="labels")
+    row = int(nonfinite.nonzero()[0, 0])
+    value = embeddings[row][~torch.isfinite(embeddings[row])][0].item()
+    raise ValueError(
+        f"`embeddings` must be finite, got {value} at row {row} (a diverged backbone or a bad "
+        "input sample)"
+    )
+
+
+def check_head_inputs(
+    embeddings: object, labels: object, in_features: int, num_classes: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Validate a head's ``(embeddings, labels)`` once; cast the embeddings to the head's ``dtype``.
+
+    ``embeddings``: a non-empty floating ``(N, in_features)`` tensor of finite values;
+    ``labels``: ``(N,)`` or ``(N, 1)`` integer class ids in ``[0, num_classes)`` on the same
+    device. Embeddings of another floating dtype (float16 into a float32 head) are computed in
+    the head's dtype. One host read for the data-dependent part
+    (:func:`check_labels_and_finite_rows`).
+
+    Example:
+        >>> x, y = check_head_inputs(torch.ones(2, 3), torch.tensor([0, 1]), 3, 2, torch.float64)
+        >>> x.dtype, y.tolist()
+        (torch.float64, [0, 1])
+    """
+    check_embeddings(embeddings, in_features)
+    if embeddings.shape[0] == 0:
+        raise ValueError(
+            f"`embeddings` must hold at least one row, got an empty batch {tuple(embeddings.shape)}"
+        )
+    labels = check_labels(labels, embeddings.shape[0])
+    check_same_device("labels", labels, "embeddings", embeddings)
+    check_labels_and_finite_rows(labels, embeddings, num_classes)
+    if embeddings.dtype != dtype:
+        embeddings = embeddings.to(dtype)
+    return embeddings, labels
+
+
+def check_finite_rows(name: str, values: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name``, the first non-finite value and its row.
+
+    One host read of a single boolean; the search for the row only happens on failure.
+
+    Example:
+        >>> check_finite_rows("scores", torch.tensor([0.5, float("nan")]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `scores` must be finite, got nan at row 1
+    """
+    flat = values.detach().reshape(values.shape[0], -1) if values.ndim else values.reshape(1, 1)
+    finite = torch.isfinite(flat).all(1)
+    if bool(finite.all()):
+        return
+    row = int((~finite).nonzero()[0, 0])
+    bad = flat[row][~torch.isfinite(flat[row])][0].item()
+    raise ValueError(f"`{name}` must be finite, got {bad} at row {row}")
+
+
+def check_features_and_labels(features: object, labels: object) -> Tensor:
+    """Check a (B, D) floating, finite ``features`` batch and its (B,) integer ``labels``.
+
+    The inputs of the miners and the pair/triplet losses. Returns the labels as a 1-D int64
+    tensor. One device-to-host read (the finiteness check): nothing trains on with NaN or
+    infinite embeddings.
+    """
+    features = check_tensor("features", features)
+    if features.ndim != 2:
+        raise ValueError(f"`features` must have shape (B, D), got {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"`features` must be floating point, got {features.dtype}")
+    labels = check_labels(labels, features.shape[0])
+    check_same_device("labels", labels, "features", features)
+    check_finite_rows("features", features)
+    return labels
