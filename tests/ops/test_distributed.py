@@ -27,7 +27,7 @@ N_ROWS = 10
 CASES = {
     "arcface_mean": ((1.0, 0.5, 0.0), 64.0, {}),
     "combined_sum_arcface_fallback": (
-        (1.2, 0.3, 0.1),
+        (1.0, 0.3, 0.1),
         30.0,
         {"reduction": "sum", "margin_fallback": "arcface"},
     ),

@@ -130,7 +130,7 @@ def check_memory_efficient(value: object) -> bool | str:
     return value
 
 
-def check_arcface_fallback(margin_fallback: str, m1: object) -> None:
+def check_arcface_fallback(margin_fallback: str, m1: object, name: str = "m1") -> None:
     r"""Raise ``ValueError`` for ``margin_fallback="arcface"`` with ``m1`` other than the float 1.
 
     insightface's continuation :math:`\cos\theta - m_2\sin m_2 - m_3` past
@@ -148,7 +148,7 @@ def check_arcface_fallback(margin_fallback: str, m1: object) -> None:
     if isinstance(m1, bool) or not isinstance(m1, numbers.Real) or float(m1) != 1.0:
         shown = f"a {type(m1).__name__}" if isinstance(m1, Tensor) else repr(m1)
         raise ValueError(
-            "`margin_fallback='arcface'` needs `m1` = 1 (its continuation cos θ − m2·sin(m2) − "
-            "m3 makes the target logit jump up at θ = (π − m2)/m1 otherwise); use "
-            f"margin_fallback='monotonic' for m1 != 1, got m1={shown}"
+            f"`margin_fallback='arcface'` needs `{name}` = 1 (its continuation cos θ − m2·sin(m2) "
+            "− m3 makes the target logit jump up at θ = (π − m2)/m1 otherwise); use "
+            f"margin_fallback='monotonic' for {name} != 1, got {name}={shown}"
         )

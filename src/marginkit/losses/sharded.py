@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from marginkit._validation import (
     REDUCTIONS,
+    check_arcface_fallback,
     check_embeddings,
     check_finite_number,
     check_label_range,
@@ -129,6 +130,7 @@ class ShardedMarginHead(nn.Module):
         if self.sample_rate > 1:
             raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
         check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+        check_arcface_fallback(margin_fallback, self.m1)
         check_option("reduction", reduction, REDUCTIONS)
         self.margin_fallback = margin_fallback
         self.reduction = reduction

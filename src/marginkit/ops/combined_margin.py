@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from marginkit._validation import (
+    check_arcface_fallback,
     check_ignore_index,
     check_logits_and_label,
     check_margins,
@@ -154,6 +155,7 @@ def combined_margin(
     label = check_logits_and_label(logits, label)
     m1, m2, m3 = check_margins(m1, m2, m3, ("m1", "m2", "m3"))
     check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+    check_arcface_fallback(margin_fallback, m1)
     check_option("grad_mode", grad_mode, GRAD_MODES)
     check_ignore_index(ignore_index)
     cos_target, target_col = target_cosine(logits.detach(), label, ignore_index)

@@ -37,6 +37,7 @@ from torch import Tensor
 from marginkit._validation import (
     IMPLS,
     REDUCTIONS,
+    check_arcface_fallback,
     check_bool,
     check_categories,
     check_embeddings_weight_and_label,
@@ -643,6 +644,7 @@ def linear_margin_cross_entropy(
     )
     check_option("reduction", reduction, REDUCTIONS)
     check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+    check_arcface_fallback(margin_fallback, margin1, "margin1")
     check_option("grad_mode", grad_mode, GRAD_MODES)
     terms = linear_target_terms(
         embeddings,

@@ -31,6 +31,7 @@ from torch import Tensor
 from marginkit._validation import (
     IMPLS,
     REDUCTIONS,
+    check_arcface_fallback,
     check_bool,
     check_finite_number,
     check_ignore_index,
@@ -169,6 +170,7 @@ def margin_cross_entropy(
     check_bool("return_softmax", return_softmax)
     check_option("reduction", reduction, REDUCTIONS)
     check_option("margin_fallback", margin_fallback, MARGIN_FALLBACKS)
+    check_arcface_fallback(margin_fallback, margin1, "margin1")
     check_option("grad_mode", grad_mode, GRAD_MODES)
     check_ignore_index(ignore_index)
     check_option("impl", impl, IMPLS)
