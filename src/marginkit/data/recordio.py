@@ -182,6 +182,8 @@ class IndexedRecordFile:
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
+        self._fd: int | None = None
+        self._pid: int | None = None
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else _index_path(self.rec_path)
         for path in (self.rec_path, self.idx_path):
@@ -190,8 +192,6 @@ class IndexedRecordFile:
         self.keys, self.offsets = read_index(self.idx_path)
         self.size = self.rec_path.stat().st_size
         self._position = {int(key): i for i, key in enumerate(self.keys.tolist())}
-        self._fd: int | None = None
-        self._pid: int | None = None
         beyond = np.nonzero(self.offsets + 8 > self.size)[0]
         if beyond.size:
             i = int(beyond[0])
