@@ -27,8 +27,9 @@ def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def draw_identities(root: Path, n_identities: int = 6, per_identity: int = 4, size: int = 16,
-                    seed: int = 0) -> dict[str, list[Path]]:
+def draw_identities(
+    root: Path, n_identities: int = 6, per_identity: int = 4, size: int = 16, seed: int = 0
+) -> dict[str, list[Path]]:
     """``root/id_XXX/N.jpg``: per identity a random base pattern plus small noise per image."""
     rng = np.random.default_rng(seed)
     folders: dict[str, list[Path]] = {}
@@ -50,10 +51,16 @@ def ir_header(label, image: bytes = b"", id_: int = 0) -> bytes:
     """IRHeader ``<IfQQ`` then the float32 labels of an array label, then the image bytes."""
     if isinstance(label, (list, tuple)):
         extra = b"".join(struct.pack("<f", float(v)) for v in label)
-        return struct.pack("<I", len(label)) + struct.pack("<f", 0.0) + struct.pack(
-            "<QQ", id_, 0
-        ) + extra + image
-    return struct.pack("<I", 0) + struct.pack("<f", float(label)) + struct.pack("<QQ", id_, 0) + image
+        return (
+            struct.pack("<I", len(label))
+            + struct.pack("<f", 0.0)
+            + struct.pack("<QQ", id_, 0)
+            + extra
+            + image
+        )
+    return (
+        struct.pack("<I", 0) + struct.pack("<f", float(label)) + struct.pack("<QQ", id_, 0) + image
+    )
 
 
 def _frame(payload: bytes) -> bytes:
@@ -85,8 +92,9 @@ def write_rec(prefix: Path, records: list[tuple[int, bytes]]) -> None:
     Path(f"{prefix}.idx").write_text("".join(idx))
 
 
-def insightface_records(folders: dict[str, list[Path]], identity_records: bool = True,
-                        array_labels: bool = False) -> tuple[list[tuple[int, bytes]], list[int]]:
+def insightface_records(
+    folders: dict[str, list[Path]], identity_records: bool = True, array_labels: bool = False
+) -> tuple[list[tuple[int, bytes]], list[int]]:
     """insightface's layout of an identity folder: (records, label of each image key 1..N)."""
     images, labels = [], []
     for label, paths in enumerate(folders.values()):
