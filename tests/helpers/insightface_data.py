@@ -30,16 +30,18 @@ def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
 def draw_identities(
     root: Path, n_identities: int = 6, per_identity: int = 4, size: int = 16, seed: int = 0
 ) -> dict[str, list[Path]]:
-    """``root/id_XXX/N.jpg``: per identity a random base pattern plus small noise per image."""
+    """``root/id_XXX/N.jpg``: per identity a colour and pattern, plus small noise per image."""
     rng = np.random.default_rng(seed)
     folders: dict[str, list[Path]] = {}
     for identity in range(n_identities):
         folder = root / f"id_{identity:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 256, (size, size, 3))
+        # a colour of its own plus a pattern: even an untrained network tells them apart
+        colour = rng.integers(50, 206, (1, 1, 3))
+        base = colour + rng.integers(-40, 41, (size, size, 3))
         paths = []
         for item in range(per_identity):
-            noise = rng.integers(-15, 16, (size, size, 3))
+            noise = rng.integers(-60, 61, (size, size, 3))
             path = folder / f"{item}.jpg"
             path.write_bytes(jpeg_bytes(np.clip(base + noise, 0, 255).astype(np.uint8)))
             paths.append(path)
@@ -142,3 +144,45 @@ def py2_bin_pickle(images: list[bytes], issame: list[bool], protocol: int = 2) -
     for same in issame:
         out += (b"I01\n" if same else b"I00\n") + b"a"
     return out + b"tp2\n."
+
+
+def verification_pairs(folders: dict[str, list[Path]], n_pairs: int, seed: int = 0):
+    """(images, issame): ``n_pairs`` alternating same / different pairs of the folders' images."""
+    rng = np.random.default_rng(seed)
+    names = list(folders)
+    images, issame = [], []
+    for number in range(n_pairs):
+        same = number % 2 == 0
+        a = names[rng.integers(len(names))]
+        if same:
+            first, second = rng.choice(len(folders[a]), 2, replace=False)
+            paths = folders[a][first], folders[a][second]
+        else:
+            b = names[(names.index(a) + 1 + rng.integers(len(names) - 1)) % len(names)]
+            paths = (
+                folders[a][rng.integers(len(folders[a]))],
+                folders[b][rng.integers(len(folders[b]))],
+            )
+        images += [path.read_bytes() for path in paths]
+        issame.append(same)
+    return images, issame
+
+
+def insightface_folder(
+    root: Path, n_identities: int = 6, per_identity: int = 4, size: int = 16, n_pairs: int = 40
+) -> Path:
+    """A whole insightface folder: train.rec/.idx/property (independent writer) and lfw.bin
+    (Python 2 opcodes) + cfp_fp.bin (protocol 4) over other drawn identities."""
+    import pickle
+
+    root.mkdir(parents=True, exist_ok=True)
+    train = draw_identities(root / "_train_images", n_identities, per_identity, size, seed=1)
+    records, _ = insightface_records(train)
+    write_rec(root / "train", records)
+    write_property(root, n_identities, size)
+    held_out = draw_identities(root / "_val_images", 5, 4, size, seed=2)
+    images, issame = verification_pairs(held_out, n_pairs, seed=3)
+    (root / "lfw.bin").write_bytes(py2_bin_pickle(images, issame))
+    images, issame = verification_pairs(held_out, n_pairs, seed=4)
+    (root / "cfp_fp.bin").write_bytes(pickle.dumps((images, issame), protocol=4))
+    return root

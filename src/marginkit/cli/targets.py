@@ -29,7 +29,8 @@ def target_monitor(cfg: DictConfig, datamodule: Any) -> None:
     """Point ``model.monitor`` at a metric the targets log (before the callbacks are built).
 
     A ``val/<target>/<metric>`` monitor must name a loaded target; any other (e.g. the
-    default ``val/map@r``, which this data never logs) becomes ``val/<first target>/accuracy``.
+    default ``val/map@r``, which this data never logs) becomes ``val/lfw/accuracy`` (the first
+    target's when there is no ``lfw``).
     """
     from marginkit.metrics.functional.insightface import is_target_metric
 
@@ -47,7 +48,7 @@ def target_monitor(cfg: DictConfig, datamodule: Any) -> None:
                 f"(data.val_targets: {names})"
             )
         return
-    chosen = f"val/{names[0]}/accuracy"
+    chosen = f"val/{'lfw' if 'lfw' in names else names[0]}/accuracy"
     log.info("model.monitor %s is not logged by these data: monitoring %s", monitor, chosen)
     with open_dict(cfg):
         cfg.model.monitor = chosen
