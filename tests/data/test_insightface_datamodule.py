@@ -33,19 +33,52 @@ def _module(folder, **kwargs):
     return InsightFaceDataModule(str(folder), **(options | kwargs))
 
 
+def _decoded(dm, key):
+    payload = dm.datasets["train"].records.read(key)
+    return Image.open(io.BytesIO(payload[24:])).convert("RGB")
+
+
 def test_training_batches_are_the_records_normalised(folder):
     dm = _module(folder, batch_size=24)
     dm.setup("fit")
     assert dm.num_classes == 6 and dm.train_labels.tolist() == [i // 4 for i in range(24)]
-    dataset = dm.datasets["train"]
-    x, y = dataset[5]
-    assert int(y) == 1
-    payload = dm.datasets["train"].records.read(6)
-    pixels = np.asarray(Image.open(io.BytesIO(payload[24:])).convert("RGB"), dtype=np.float64)
-    expected = (pixels / 255.0 - 0.5) / 0.5
-    assert np.allclose(x.permute(1, 2, 0).double().numpy(), expected, atol=1e-6)
+    x, y = dm.datasets["train"][5]  # key 6
+    assert int(y) == 1 and x.dtype == torch.uint8 and x.shape == (16, 16, 3)
+    pixels = np.asarray(_decoded(dm, 6), dtype=np.float64)
     batch_x, batch_y = next(iter(dm.train_dataloader()))
-    assert batch_x.shape == (24, 3, 16, 16) and sorted(batch_y.tolist()) == dm.train_labels.tolist()
+    assert batch_x.shape == (24, 16, 16, 3) and sorted(batch_y.tolist()) == dm.train_labels.tolist()
+    # what the training step sees: the batch normalised after the transfer to the device
+    normalised, labels = dm.on_after_batch_transfer([batch_x, batch_y], 0)
+    assert normalised.shape == (24, 3, 16, 16) and normalised.dtype == torch.float32
+    assert labels is batch_y
+    row = next(i for i in range(24) if torch.equal(batch_x[i], x))
+    expected = (pixels / 255.0 - 0.5) / 0.5
+    assert np.allclose(normalised[row].permute(1, 2, 0).double().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "crop_size", "flip", "tolerance"),
+    [
+        (None, [10, 12], True, 1e-6),
+        ([20, 12], None, False, 1.0 / 255 / 0.5 + 1e-6),
+        ([24, 24], [16, 16], True, 1.0 / 255 / 0.5 + 1e-6),
+    ],
+)
+def test_uint8_pipeline_is_the_image_folder_transform(
+    folder, image_size, crop_size, flip, tolerance
+):
+    from marginkit.data.transforms import to_tensor
+
+    dm = _module(folder, image_size=image_size, crop_size=crop_size, horizontal_flip=flip)
+    dm.setup("fit")
+    payload = dm.datasets["train"].records.read(3)
+    for seed in range(4):  # same torch draws: same crop window and flip
+        torch.manual_seed(seed)
+        reference = dm.transform(train=True)(to_tensor(_decoded(dm, 3)))
+        torch.manual_seed(seed)
+        ours = dm.normalize(dm.pixel_pipeline()(payload[24:])[None])[0]
+        assert ours.shape == reference.shape
+        assert (ours - reference).abs().max() <= tolerance
 
 
 def test_pk_batches_and_targets(folder):
