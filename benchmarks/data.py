@@ -7,10 +7,10 @@ as an image folder and packed to ``train.rec`` by ``marginkit.data.recordio.pack
   materialised as a uint8 array, by W processes (a ``multiprocessing`` pool, each
   process its contiguous share): what no loader that decodes JPEGs can beat;
 * ``recordio``: :class:`marginkit.data.InsightFaceDataModule`'s training loader with W workers
-  (read by offset, decode, random flip, collate, hand the uint8 batch to the main process,
-  normalise it there: what the training step receives, on the CPU);
+  (read by offset, decode, random flip, collate, hand the uint8 batch to the main process:
+  what is copied to the GPU, which normalises it there);
 * ``image_folder``: :class:`marginkit.data.ImageFolderDataModule`'s training loader with W
-  workers on the same images as files;
+  workers on the same images as files (float32 batches, normalised in the workers);
 * ``step`` (with ``--step``): images/s of one training step of IResNet-50 + ArcFace at batch
   ``--step-batch`` on ``--device`` (forward + backward + SGD), what the loader must keep up with.
 
@@ -123,8 +123,7 @@ def _loader(variant: str, folder: Path, workers: int, batch_size: int) -> float:
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     count, started = 0, None
-    for batch in loader:
-        inputs = datamodule.on_after_batch_transfer(batch, 0)[0]  # identity for image_folder
+    for inputs, _ in loader:
         if started is None:
             started = time.perf_counter()
             continue

@@ -299,12 +299,16 @@ class InsightFaceDataModule(EmbeddingDataModule):
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (N, H, W, C) training images as (N, C, H, W) float32 ``(x / 255 - mean) / std``.
 
-        The arithmetic of ``to_tensor`` then ``Normalize`` (what evaluation images get).
+        The values of ``to_tensor`` then ``Normalize`` (what evaluation images get), to float32
+        rounding.
         """
-        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
-        chw = images.permute(0, 3, 1, 2).float().div_(255.0)
-        return ((chw - mean) / std).contiguous()
+        mean = torch.tensor(self.mean, dtype=torch.float64).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float64).view(-1, 1, 1)
+        # x * (1 / (255 std)) - mean / std: one conversion pass and two in-place passes
+        scale = (1.0 / (255.0 * std)).float().to(images.device)
+        shift = (-mean / std).float().to(images.device)
+        chw = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return chw.mul_(scale).add_(shift)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise a uint8 training batch on the device it was moved to."""
