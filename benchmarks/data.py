@@ -14,7 +14,8 @@ as an image folder and packed to ``train.rec`` by ``marginkit.data.recordio.pack
 * ``step`` (with ``--step``): images/s of one training step of IResNet-50 + ArcFace at batch
   ``--step-batch`` on ``--device`` (forward + backward + SGD), what the loader must keep up with.
 
-Loader rates count the images after the first batch (the workers' start-up is not timed).
+W = 0 runs the loaders in the main process (no worker hand-over) against one decoding
+process. Loader rates count the images after the first batch (the workers' start-up is not timed).
 Each variant runs in a fresh process, ``--repeats`` times; the best rate is kept and the
 ratios to the floor are printed from one run.
 
@@ -78,6 +79,8 @@ def _init(shared_barrier) -> None:
 
 def _floor(folder: Path, workers: int) -> float:
     from marginkit.data.image_folder import scan_image_folder
+
+    workers = max(1, workers)  # W = 0 (the loaders decode in the main process): one process
 
     paths = [p for ps in scan_image_folder(folder / "images").values() for p in ps]
     shares = [
