@@ -95,3 +95,21 @@ def test_folder_and_pairs_give_the_bin_bytes(tmp_path):
         (root / "id_002/id_002_0002.jpg").read_bytes(),
     ]
     assert images == expected and issame.tolist() == [True, False]
+
+
+def test_build_on_the_stand_ins_changes_nothing_that_outlives_the_load(tmp_path):
+    import marginkit.data.verification_bin as module
+
+    before = dict(vars(module._BoolArray)), dict(vars(module._BoolDtype))
+    path = tmp_path / "lfw.bin"
+    # GLOBAL numpy ndarray, then BUILD (None, {"__setstate__": 1}) on it (slot state: setattr)
+    path.write_bytes(b"\x80\x02cnumpy\nndarray\nN}U\x0c__setstate__K\x01s\x86b.")
+    with pytest.raises(UnsafePickleError):
+        load_bin(path)
+    # GLOBAL numpy dtype (a per-load function): BUILD on it stays with that function
+    path.write_bytes(b"\x80\x02cnumpy\ndtype\nN}U\x08__code__K\x01s\x86b.")
+    with pytest.raises(UnsafePickleError):
+        load_bin(path)
+    assert (dict(vars(module._BoolArray)), dict(vars(module._BoolDtype))) == before
+    path.write_bytes(pickle.dumps((IMAGES, np.array(ISSAME)), protocol=2))
+    assert load_bin(path)[1].tolist() == ISSAME

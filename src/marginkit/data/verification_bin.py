@@ -43,7 +43,9 @@ class _BoolDtype:
 
 
 class _NdarrayMarker:
-    """Stands in for ``numpy.ndarray``: only ever an argument of :func:`_reconstruct`."""
+    """Stands in for ``numpy.ndarray``: only ever an argument of ``_reconstruct`` (no attributes)."""
+
+    __slots__ = ()
 
 
 class _BoolArray:
@@ -65,12 +67,6 @@ class _BoolArray:
         self.value = values.reshape(shape, order="F" if fortran else "C")
 
 
-def _reconstruct(cls: Any, shape: Any, dtype_code: Any) -> _BoolArray:
-    if cls is not _NdarrayMarker:
-        raise UnsafePickleError("numpy _reconstruct of something other than ndarray")
-    return _BoolArray()
-
-
 def _encode(text: Any, encoding: Any = "latin1") -> bytes:
     """``_codecs.encode(str, "latin1")``: how Python 3 pickles ``bytes`` at protocol 2."""
     if not isinstance(text, str) or encoding not in _ENCODINGS:
@@ -78,22 +74,42 @@ def _encode(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-_ALLOWED = {
-    ("_codecs", "encode"): _encode,
-    ("numpy", "ndarray"): _NdarrayMarker,
-    ("numpy", "dtype"): _BoolDtype,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-}
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """Fresh stand-ins for the globals a ``.bin`` may name, for one load.
+
+    Only functions made for this load and an attribute-less marker ever reach the pickle's
+    stack: a ``BUILD`` aimed at them cannot change anything that outlives the load.
+    """
+    ndarray = _NdarrayMarker()
+
+    def reconstruct(cls: Any, shape: Any, dtype_code: Any) -> _BoolArray:
+        if cls is not ndarray:
+            raise UnsafePickleError("numpy _reconstruct of something other than ndarray")
+        return _BoolArray()
+
+    def dtype(name: Any, align: Any = False, copy: Any = True) -> _BoolDtype:
+        return _BoolDtype(name)
+
+    def encode(text: Any, encoding: Any = "latin1") -> bytes:
+        return _encode(text, encoding)
+
+    return {
+        ("_codecs", "encode"): encode,
+        ("numpy", "ndarray"): ndarray,
+        ("numpy", "dtype"): dtype,
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+    }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, path: str) -> None:
         super().__init__(file, encoding="bytes")
         self.path = path
+        self.allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _ALLOWED.get((module, name))
+        allowed = self.allowed.get((module, name))
         if allowed is None:
             raise UnsafePickleError(
                 f"{self.path}: refused to load the global {module}.{name} (a .bin "
