@@ -58,8 +58,12 @@ def target_callbacks(datamodule: Any) -> list[Any]:
     """The callbacks to put first: a ``VerificationTargets`` when the data has targets."""
     if not has_targets(datamodule):
         return []
+    import warnings
+
     from marginkit.models.verification_targets import VerificationTargets
 
+    # These data have no val/test loaders on purpose (the callback evaluates the targets).
+    warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
     return [VerificationTargets(every_n_steps=getattr(datamodule, "val_every_n_steps", None))]
 
 
