@@ -128,7 +128,11 @@ class EmbeddingModule(L.LightningModule):
         allowed = self.metric_names("val")
         # val/<target>/<metric>: logged by the VerificationTargets callback (insightface's sets)
         if monitor not in allowed and not is_target_metric(monitor):
-            raise ValueError(f"`monitor` must be one of {allowed}, got {monitor!r}")
+            raise ValueError(
+                f"`monitor` must be one of {allowed} or a verification target's "
+                f"val/<target>/<accuracy|accuracy_std|threshold|best_accuracy|tar@far=f>, "
+                f"got {monitor!r}"
+            )
         self.monitor = monitor
         self.monitor_mode = metric_mode(monitor)
         # What a checkpoint needs to rebuild the module (plain containers: weights_only-safe).
