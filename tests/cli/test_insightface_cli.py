@@ -109,3 +109,34 @@ def test_default_monitor_and_a_wrong_target_monitor(tmp_path):
     )
     assert wrong.returncode == 2
     assert "agedb_30" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ddp_training_scores_the_targets_once_as_eval_does(tmp_path):
+    data = insightface_folder(tmp_path / "ms1m", n_identities=8, n_pairs=41)  # 82 images: 41 each
+    run = tmp_path / "run"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none"]
+    result = _script(
+        "train.py",
+        [
+            *TINY_DATA,
+            f"data.root={data}",
+            *TINY_MODEL,
+            *ddp,
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    evaluated = _script(
+        "eval.py",
+        [f"ckpt_path={run}", *TINY_DATA, f"data.root={data}", f"hydra.run.dir={tmp_path / 'e'}"],
+        tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert set(scores) >= {"val/lfw/accuracy", "val/cfp_fp/accuracy"}
+    for key, value in scores.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key

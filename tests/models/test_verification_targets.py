@@ -21,17 +21,21 @@ class _Counting(torch.nn.Module):
             weight = torch.randn(8, 12, generator=torch.Generator().manual_seed(0))
             self.linear.weight.copy_(weight)
             self.linear.bias.zero_()
+        self.norm = torch.nn.BatchNorm1d(8)
         self.seen = 0
 
     def forward(self, x):
         self.seen += x.shape[0]
-        return self.linear(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
+        return self.norm(self.linear(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)))
 
 
 def _targets_on_rank(rank, world_size, root):
     dm = InsightFaceDataModule(root, image_size=None, num_workers=0, eval_batch_size=5)
     dm.setup("validate")
     backbone = _Counting()
+    with torch.no_grad():  # statistics that differ by rank, as after DDP training steps
+        backbone.norm.running_mean.copy_(torch.linspace(-1, 1, 8) * rank)
+        backbone.norm.running_var.fill_(1.0 + rank)
     return evaluate_targets(backbone, dm), backbone.seen
 
 
@@ -41,7 +45,7 @@ def test_ranks_embed_their_share_and_agree_with_one_process(tmp_path):
     single, seen = _targets_on_rank(0, 1, root)
     assert seen == 2 * 2 * 82  # two targets, image + flip
     by_rank = run_on_ranks(_targets_on_rank, 3, str(tmp_path), root)
-    for rank in range(3):
+    for rank in range(3):  # rank 0's statistics everywhere: the single process's answer
         assert by_rank[rank][0] == single
     shares = [by_rank[rank][1] for rank in range(3)]
     assert sum(shares) == seen and sorted(shares) == [2 * 2 * 27, 2 * 2 * 27, 2 * 2 * 28]

@@ -97,7 +97,7 @@ def evaluate_targets_from_config(cfg: DictConfig) -> dict[str, float]:
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         module = module.cuda()
-    metrics = evaluate_targets(module, datamodule, tuple(module.far_targets))
+    metrics = evaluate_targets(module.backbone, datamodule, tuple(module.far_targets))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / METRICS_FILE).write_text(_strict_json(metrics))

@@ -73,7 +73,9 @@ def evaluate_targets(
     """insightface's verification of every target of ``datamodule``: ``{prefix/target/metric}``.
 
     ``backbone`` is put in eval mode and run without gradients (its mode is restored). Under
-    DDP every rank must call it; the metrics are computed on rank 0 and broadcast.
+    DDP every rank must call it: the backbone's buffers (BatchNorm statistics) are first
+    broadcast from rank 0, each rank embeds a contiguous share, the metrics are computed on
+    rank 0 and broadcast. Pass the backbone, not a module holding a class-sharded head.
     """
     try:
         device = next(backbone.parameters()).device
@@ -82,6 +84,12 @@ def evaluate_targets(
     was_training = backbone.training
     backbone.eval()
     world_size, rank = _world()
+    if world_size > 1:
+        # DDP keeps the parameters equal but each rank's BatchNorm statistics move with its own
+        # batches (rank 0's are broadcast at the next forward, and are what checkpoints hold):
+        # every rank embeds with rank 0's.
+        for buffer in backbone.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     results: dict[str, float] | None = {}
     try:
         with torch.no_grad():
@@ -141,7 +149,9 @@ class VerificationTargets(L.Callback):
         context = getattr(trainer.precision_plugin, "forward_context", None)
         with context() if context is not None else contextlib.nullcontext():
             results = evaluate_targets(
-                pl_module, trainer.datamodule, getattr(pl_module, "far_targets", (1e-3,))
+                getattr(pl_module, "backbone", pl_module),
+                trainer.datamodule,
+                getattr(pl_module, "far_targets", (1e-3,)),
             )
         for name in [key for key in results if key.endswith("/accuracy")]:
             target = name[: -len("/accuracy")]
