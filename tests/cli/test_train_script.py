@@ -84,6 +84,23 @@ def _experiment_overrides(experiment: str, tmp_path: Path) -> list[str]:
     """Shrink an experiment to tiny generated data and a CPU."""
     if experiment.startswith("digits"):
         return []
+    if experiment.startswith("faces"):  # insightface's layout (train.rec, lfw.bin, ...)
+        from tests.helpers.insightface_data import insightface_folder
+
+        data = insightface_folder(tmp_path / "ms1m", n_identities=8, size=32, n_pairs=20)
+        return [
+            f"data.root={data}",
+            "data.image_size=[32,32]",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "data.pin_memory=false",
+            "data.eval_batch_size=16",
+            "data.batch_size=8",
+            "backbone.input_size=32",
+            "backbone.layers=[1,1,1,1]",
+            "trainer=cpu",
+            "trainer.precision=32-true",
+        ]
     root = _image_folder(tmp_path / "images")
     tiny_images = [
         f"data.root={root}",

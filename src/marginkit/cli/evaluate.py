@@ -78,6 +78,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         The same dict is written as strict JSON (NaN as null) to
         ``<paths.output_dir>/metrics.json``.
     """
+    if "val_targets" in cfg.data:  # insightface's .bin sets: their own protocol and table
+        from marginkit.cli.targets import evaluate_targets_from_config
+
+        return evaluate_targets_from_config(cfg)
     retrieval = check_flag(cfg, "eval.retrieval")
     verification = _check_verification(cfg)
     baseline = check_flag(cfg, "eval.baseline")

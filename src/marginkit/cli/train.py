@@ -171,8 +171,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
                 "training classes (leave it as ??? to fill it in)"
             )
     apply_loss_parallel(cfg)
+    # --- verification targets (insightface's .bin sets): monitor them, evaluate them first.
+    from marginkit.cli.targets import has_targets, target_callbacks, target_monitor
+
+    if has_targets(datamodule):
+        target_monitor(cfg, datamodule)
+    # ---
     module = build_module(cfg)
-    callbacks = instantiate_collection(cfg, "callbacks")
+    callbacks = target_callbacks(datamodule) + instantiate_collection(cfg, "callbacks")
     loggers = instantiate_collection(cfg, "logger")
     if not loggers:  # a learning-rate monitor needs a logger to write to
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]

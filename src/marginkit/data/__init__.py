@@ -8,6 +8,7 @@ baseline.
 from marginkit.data.base import EmbeddingDataModule
 from marginkit.data.digits import DigitsDataModule
 from marginkit.data.image_folder import ImageFolderDataModule
+from marginkit.data.insightface import InsightFaceDataModule
 from marginkit.data.pairs import (
     Pair,
     VerificationPairs,
@@ -23,6 +24,7 @@ __all__ = [
     "DigitsDataModule",
     "EmbeddingDataModule",
     "ImageFolderDataModule",
+    "InsightFaceDataModule",
     "Pair",
     "SyntheticDataModule",
     "VerificationPairs",

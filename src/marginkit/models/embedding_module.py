@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from marginkit.metrics.functional.insightface import is_target_metric
 from marginkit.metrics.functional.retrieval import _check_top_k
 from marginkit.metrics.functional.verification import _check_far_targets
 from marginkit.models.components import (
@@ -125,8 +126,13 @@ class EmbeddingModule(L.LightningModule):
         self.verification = verification
         self.on_nonfinite_loss = on_nonfinite_loss
         allowed = self.metric_names("val")
-        if monitor not in allowed:
-            raise ValueError(f"`monitor` must be one of {allowed}, got {monitor!r}")
+        # val/<target>/<metric>: logged by the VerificationTargets callback (insightface's sets)
+        if monitor not in allowed and not is_target_metric(monitor):
+            raise ValueError(
+                f"`monitor` must be one of {allowed} or a verification target's "
+                f"val/<target>/<accuracy|accuracy_std|threshold|best_accuracy|tar@far=f>, "
+                f"got {monitor!r}"
+            )
         self.monitor = monitor
         self.monitor_mode = metric_mode(monitor)
         # What a checkpoint needs to rebuild the module (plain containers: weights_only-safe).
