@@ -26,7 +26,8 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".t
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
-def _decode_errors() -> tuple[type[BaseException], ...]:
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions Pillow raises for a file that is not a readable image (decompression bombs too)."""
     from PIL import Image
 
     return (*_DECODE_ERRORS, Image.DecompressionBombError)
@@ -133,7 +134,7 @@ def is_readable_image(path: str) -> bool:
     try:
         with Image.open(path) as image:
             image.load()
-    except _decode_errors():
+    except decode_errors():
         return False
     return True
 
@@ -186,7 +187,7 @@ class ImageFileDataset(Dataset):
         try:
             with Image.open(self.paths[index]) as image:
                 pixels = to_tensor(image.convert(self.mode))
-        except _decode_errors():
+        except decode_errors():
             self.unreadable[index] = True
             return None
         return pixels if self.transform is None else self.transform(pixels)

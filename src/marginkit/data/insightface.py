@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from marginkit.data.base import EmbeddingDataModule, _base_arguments, _check_int
-from marginkit.data.image_folder import _decode_errors, _ReportingLoader, collate_readable
+from marginkit.data.image_files import ReportingDataLoader, collate_readable, decode_errors
 from marginkit.data.recordio import IndexedRecordFile, open_insightface, unpack_payload
 from marginkit.data.transforms import Resize, image_transform, to_tensor
 from marginkit.data.verification_bin import folder_verification_set, load_bin
@@ -124,7 +124,7 @@ class RecordImageDataset(Dataset):
         try:
             _, encoded = unpack_payload(payload)
             pixels = self.pixels(encoded)
-        except _decode_errors():
+        except decode_errors():
             self.unreadable[index] = True
             return None
         return pixels, self.labels[index]
@@ -159,7 +159,7 @@ class VerificationImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         try:
             pixels = decode_image(self.images[index], self.mode)
-        except _decode_errors() as error:
+        except decode_errors() as error:
             raise ValueError(
                 f"{self.source}: image {index} (pair {index // 2}) does not decode ({error})"
             ) from None
@@ -380,7 +380,7 @@ class InsightFaceDataModule(EmbeddingDataModule):
         )
 
     def _make_loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        return _ReportingLoader(dataset, **kwargs, **self._loader_kwargs())
+        return ReportingDataLoader(dataset, **kwargs, **self._loader_kwargs())
 
     # ------------------------------------------------------------------- no retrieval splits
     def val_dataloader(self) -> list:  # type: ignore[override]

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from marginkit.metrics.functional.verification import _check_far_targets, _check_n_folds, _roc
+from marginkit._validation import check_far_targets, check_n_folds
+from marginkit.metrics.functional.verification import _roc
 
 #: The squared-distance thresholds insightface searches: ``numpy.arange(0, 4, 0.01)``.
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -67,8 +68,8 @@ def target_verification(
         >>> result["accuracy"], result["tar@far=0.5"]
         (1.0, 1.0)
     """
-    n_folds = _check_n_folds(n_folds)
-    far_targets = _check_far_targets(far_targets)
+    n_folds = check_n_folds(n_folds)
+    far_targets = check_far_targets(far_targets)
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or embeddings.shape[0] % 2:
         raise ValueError(
             "`embeddings` must be a (2P, D) tensor (pair i is rows 2i and 2i+1), got "
