@@ -97,7 +97,7 @@ def test_trainer_configs(trainer, tmp_path):
 
 def test_resume_finds_the_run_directory_s_last_checkpoint(tmp_path):
     from marginkit.cli import ConfigError
-    from marginkit.cli.train import resolve_checkpoint
+    from marginkit.cli.checkpoint import resume_checkpoint as resolve_checkpoint
 
     cfg = _compose(["resume=true", "paths.task_dir=" + str(tmp_path / "task")], tmp_path / "now")
     with pytest.raises(ConfigError, match=r"`resume` is true but there is no last\.ckpt"):
@@ -110,10 +110,10 @@ def test_resume_finds_the_run_directory_s_last_checkpoint(tmp_path):
     import os
 
     os.utime(older, (1, 1))
-    assert resolve_checkpoint(cfg) == str(newer)  # the task's latest run
+    assert resolve_checkpoint(cfg) == newer  # the task's latest run
     own = tmp_path / "now" / "checkpoints" / "last.ckpt"
     own.parent.mkdir(parents=True)
     own.write_bytes(b"")
-    assert resolve_checkpoint(cfg) == str(own)  # the run directory's own comes first
+    assert resolve_checkpoint(cfg) == own  # the run directory's own comes first
     explicit = _compose([f"ckpt_path={older}", "resume=true"], tmp_path / "now")
-    assert resolve_checkpoint(explicit) == str(older)
+    assert resolve_checkpoint(explicit) == older

@@ -178,7 +178,7 @@ def test_the_optuna_sweeper_runs_trials(tmp_path):
         ("loss.s=0", "config error: `loss` (marginkit.losses.ArcFaceLoss): `s`"),
         ("model.monitor=val/precision@3", "`monitor` must be one of"),
         ("data.train_classes=[0,6]", "unseen in training"),
-        ("ckpt_path=/nonexistent/last.ckpt", "`ckpt_path` '/nonexistent/last.ckpt' is not a file"),
+        ("ckpt_path=/nonexistent/last.ckpt", "`ckpt_path` '/nonexistent/last.ckpt': no such file"),
     ],
 )
 def test_config_mistakes_fail_before_training_in_one_line(tmp_path, override, expected):

@@ -30,19 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig
 
-from marginkit.cli.config import ConfigError, check_missing, first_line
-from marginkit.cli.embed import (
-    SPLITS,
-    build_datamodule,
-    check_backbone_takes,
-    check_choice,
-    check_flag,
-    exit_on_config_error,
-    load_module,
-    output_path,
-    resolve_checkpoint,
-    split_dataloader,
-)
+from marginkit.cli.checkpoint import load_module, resolve_checkpoint
+from marginkit.cli.config import ConfigError, check_missing, exit_on_config_error, first_line
+from marginkit.cli.embedding import build_datamodule, check_backbone_takes, split_dataloader
+from marginkit.cli.options import SPLITS, check_choice, check_flag, output_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn

@@ -6,17 +6,16 @@ that importing this module (and ``python train.py --help``) stays fast.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from marginkit.cli.checkpoint import resume_checkpoint
 from marginkit.cli.config import (
     ConfigError,
     check_missing,
@@ -24,15 +23,13 @@ from marginkit.cli.config import (
     instantiate_collection,
     instantiate_node,
 )
+from marginkit.cli.options import BASELINE_PREFIX, write_metrics
+from marginkit.cli.results import print_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning as L
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-LAST_CHECKPOINT = "last.ckpt"
-BASELINE_PREFIX = "baseline/"
 
 
 def _loss_class(cfg: DictConfig) -> type | None:
@@ -213,41 +210,6 @@ def apply_loss_parallel(cfg: DictConfig) -> None:
         cfg.loss = OmegaConf.create(plain)
 
 
-def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=true`` a ``last.ckpt``.
-
-    ``resume=true`` takes ``<run dir>/checkpoints/last.ckpt`` when the run directory has one
-    (a fixed ``run_name`` or ``hydra.run.dir``), otherwise the newest
-    ``<paths.task_dir>/*/checkpoints/last.ckpt`` (the task's latest run).
-    """
-    if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(f"`ckpt_path` {str(path)!r} is not a file")
-        return str(path)
-    if not cfg.get("resume", False):
-        return None
-    own = Path(cfg.paths.output_dir) / "checkpoints" / LAST_CHECKPOINT
-    if own.is_file():
-        return str(own)
-    task_dir = Path(cfg.paths.get("task_dir", Path(cfg.paths.output_dir).parent))
-    candidates = sorted(
-        task_dir.glob(f"*/checkpoints/{LAST_CHECKPOINT}"), key=lambda p: p.stat().st_mtime
-    )
-    if not candidates:
-        raise ConfigError(
-            f"`resume` is true but there is no {LAST_CHECKPOINT} in {own.parent} nor in "
-            f"{task_dir}/*/checkpoints (give `ckpt_path=<file>`)"
-        )
-    return str(candidates[-1])
-
-
-def _strict_json(metrics: dict[str, float]) -> str:
-    # Strict JSON: an undefined metric (e.g. AUC with one kind of pair only) is written as null.
-    finite = {key: value if math.isfinite(value) else None for key, value in metrics.items()}
-    return json.dumps(finite, indent=2, sort_keys=True) + "\n"
-
-
 def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]:
     """The raw inputs' test metrics as ``baseline/<name>`` (``eval.baseline``)."""
     if not cfg.get("eval", {}).get("baseline", False) or "test" not in module.evaluated:
@@ -275,7 +237,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     # What needs no torch first: these mistakes answer before the training stack loads.
     check_missing(cfg, allowed_missing={"loss.num_classes"})
-    ckpt_path = resolve_checkpoint(cfg)
+    ckpt_path = resume_checkpoint(cfg)
     # A bad loss argument answers once torch is imported, before Lightning and the data load.
     _preflight_loss(cfg)
     import lightning as L
@@ -288,7 +250,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     fit_seconds = time.perf_counter() - started
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -301,35 +263,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             metrics.update(_baseline(cfg, datamodule, module))
     if trainer.is_global_zero:
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / METRICS_FILE).write_text(_strict_json(metrics))
+        path = write_metrics(cfg, metrics)
         print_metrics(
             metrics, title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s"
         )
-        log.info("metrics written to %s", output_dir / METRICS_FILE)
+        log.info("metrics written to %s", path)
     return metrics
-
-
-def print_metrics(metrics: dict[str, float], title: str = "metrics") -> None:
-    """Print a table: a row per metric, a column per stage (best val, test, raw baseline)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    columns = [("val", "best val"), ("test", "test"), ("baseline", "raw inputs (test)")]
-    names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
-    stages = [(s, h) for s, h in columns if any(k.startswith(f"{s}/") for k in metrics)]
-    table = Table(title=title)
-    table.add_column("metric")
-    for _, header in stages:
-        table.add_column(header, justify="right")
-    for name in names:
-        cells = []
-        for stage, _ in stages:
-            value = metrics.get(f"{stage}/{name}")
-            cells.append("" if value is None else f"{value:.4f}")
-        table.add_row(name, *cells)
-    Console().print(table)
 
 
 def run(cfg: DictConfig) -> float | None:
