@@ -13,7 +13,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from marginkit.cli.checkpoint import resume_checkpoint
 from marginkit.cli.config import (
@@ -24,6 +24,7 @@ from marginkit.cli.config import (
     instantiate_node,
 )
 from marginkit.cli.options import BASELINE_PREFIX, write_metrics
+from marginkit.cli.parallel import loss_config, parallel_mode
 from marginkit.cli.results import print_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,8 +88,8 @@ def balanced_n_instances(cfg: DictConfig, num_classes: int) -> int:
     return k
 
 
-def _setup_data(cfg: DictConfig) -> Any:
-    datamodule = instantiate_node(cfg, "data")
+def _setup_data(cfg: DictConfig, **overrides: Any) -> Any:
+    datamodule = instantiate_node(cfg, "data", **overrides)
     try:
         datamodule.setup("fit")
     except (ValueError, TypeError, FileNotFoundError) as error:
@@ -97,9 +98,13 @@ def _setup_data(cfg: DictConfig) -> Any:
     return datamodule
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
+def build_module(cfg: DictConfig, loss: dict[str, Any] | None = None) -> L.LightningModule:
     """The model from ``cfg.model`` with the ``backbone``/``loss``/``optimizer``/``scheduler``
-    configs, which it builds and stores in its checkpoints (so a checkpoint rebuilds alone)."""
+    configs, which it builds and stores in its checkpoints (so a checkpoint rebuilds alone).
+
+    ``loss``: the loss config to use instead of ``cfg.loss`` (see
+    :func:`marginkit.cli.parallel.loss_config`).
+    """
     import hydra
 
     from marginkit.models.components import ComponentError, as_plain_config
@@ -113,6 +118,8 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     for part in ("backbone", "loss", "optimizer", "scheduler"):
         node = cfg.get(part)
         kwargs[part] = as_plain_config(node) if node else None
+    if loss is not None:
+        kwargs["loss"] = loss
     try:
         return module_class(**kwargs)
     except ComponentError as error:
@@ -121,93 +128,54 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         raise ConfigError(f"`model` ({target}): {first_line(error)}") from error
 
 
-def _preflight_loss(cfg: DictConfig) -> None:
-    """Build the loss once with a stand-in class count, before the data and Lightning load.
+def check_loss(cfg: DictConfig) -> Any:
+    """Build the loss once with a stand-in class count (2), before the data and Lightning load.
 
     A bad loss argument (``loss.m=-0.5``) then fails in about the time torch takes to import,
-    not after the training stack and the data are loaded.
+    not after the training stack and the data are loaded. The small instance also tells
+    ``parallel=model`` the head's margins (:func:`marginkit.cli.parallel.sharded_head_config`).
+
+    Returns:
+        The stand-in head, or None when the config has no loss or leaves nested values unset.
     """
-    if not cfg.get("loss") or ("parallel" in cfg.loss and cfg.loss.parallel == "model"):
-        return
-    probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    if "num_classes" in probe.loss.keys() and OmegaConf.is_missing(probe.loss, "num_classes"):
-        probe.loss.num_classes = 2
-    with open_dict(probe):
-        for key in LOSS_PARALLEL_KEYS:
-            probe.loss.pop(key, None)
-    if OmegaConf.missing_keys(probe.loss):  # e.g. nested heads: build() fills them in
-        return
-    instantiate_node(probe, "loss")
+    if not cfg.get("loss"):
+        return None
+    parallel_mode(cfg)
+    plain = OmegaConf.to_container(cfg.loss, resolve=True)
+    if plain.get("num_classes") == "???":
+        plain["num_classes"] = 2
+    if OmegaConf.missing_keys(OmegaConf.create(plain)):  # e.g. nested heads: build() fills them
+        return None
+    return instantiate_node(OmegaConf.create({"loss": plain}), "loss")
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+def build(
+    cfg: DictConfig, probe: Any = None
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the datamodule, the module (backbone + loss head) and the trainer.
 
     The datamodule is set up (``setup("fit")``) first: ``loss.num_classes`` may be left as
-    ``???`` and is filled in (in ``cfg``) from the datamodule's ``num_classes``. Every mistake
-    raises :class:`ConfigError` before any training starts.
+    ``???`` and is filled in from the datamodule's ``num_classes`` (in the module's loss config;
+    ``cfg`` itself is not changed). ``probe``: :func:`check_loss`'s head, if already built.
+    Every mistake raises :class:`ConfigError` before any training starts.
     """
     check_missing(cfg, allowed_missing={"loss.num_classes"})
+    if probe is None:
+        probe = check_loss(cfg)
     balanced = needs_balanced_batches(cfg)
     datamodule = _setup_data(cfg)
     if balanced:  # K depends on the number of training classes, known after setup
-        cfg.data.n_instances = balanced_n_instances(cfg, datamodule.num_classes)
-        log.info("P×K batches for %s: K=%d", cfg.loss._target_, cfg.data.n_instances)
-        datamodule = _setup_data(cfg)
-    num_classes = getattr(datamodule, "num_classes", None)
-    if "num_classes" in cfg.loss.keys():
-        if OmegaConf.is_missing(cfg.loss, "num_classes"):
-            if num_classes is None:
-                raise ConfigError(
-                    "`loss.num_classes` is ??? and the datamodule has no `num_classes`"
-                )
-            cfg.loss.num_classes = num_classes
-        elif num_classes is not None and cfg.loss.num_classes != num_classes:
-            raise ConfigError(
-                f"`loss.num_classes` is {cfg.loss.num_classes} but the data has {num_classes} "
-                "training classes (leave it as ??? to fill it in)"
-            )
-    apply_loss_parallel(cfg)
-    module = build_module(cfg)
+        n_instances = balanced_n_instances(cfg, datamodule.num_classes)
+        log.info("P×K batches for %s: K=%d", cfg.loss._target_, n_instances)
+        datamodule = _setup_data(cfg, n_instances=n_instances)
+    loss = loss_config(cfg, getattr(datamodule, "num_classes", None), probe)
+    module = build_module(cfg, loss=loss)
     callbacks = instantiate_collection(cfg, "callbacks")
     loggers = instantiate_collection(cfg, "logger")
     if not loggers:  # a learning-rate monitor needs a logger to write to
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer = instantiate_node(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
-
-
-# Keys of the combined-margin loss configs read by the CLI, not by the head's constructor.
-LOSS_PARALLEL_KEYS = ("parallel", "sample_rate")
-
-
-def apply_loss_parallel(cfg: DictConfig) -> None:
-    """``loss.parallel``: ``data`` (replicated head) or ``model`` (class-sharded head).
-
-    ``model`` replaces the head config by the equivalent
-    :class:`~marginkit.losses.ShardedMarginHead` (Partial FC with ``loss.sample_rate``); both
-    keys are removed from ``cfg.loss`` so the head is built from its constructor's arguments.
-    """
-    if not cfg.get("loss") or "parallel" not in cfg.loss:
-        return
-    parallel = cfg.loss.parallel
-    sample_rate = cfg.loss.get("sample_rate", 1.0)
-    plain = OmegaConf.to_container(cfg.loss, resolve=True)
-    for key in LOSS_PARALLEL_KEYS:
-        plain.pop(key, None)
-    if parallel == "model":
-        from marginkit.losses.sharded import sharded_head_config
-
-        try:
-            plain = sharded_head_config(plain, sample_rate)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"`loss.parallel`: {first_line(error)}") from error
-    elif parallel != "data":
-        raise ConfigError(f"`loss.parallel` must be 'data' or 'model', got {parallel!r}")
-    elif sample_rate != 1.0:
-        raise ConfigError("`loss.sample_rate` < 1 (Partial FC) needs `loss.parallel=model`")
-    with open_dict(cfg):
-        cfg.loss = OmegaConf.create(plain)
 
 
 def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]:
@@ -239,14 +207,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_missing(cfg, allowed_missing={"loss.num_classes"})
     ckpt_path = resume_checkpoint(cfg)
     # A bad loss argument answers once torch is imported, before Lightning and the data load.
-    _preflight_loss(cfg)
+    probe = check_loss(cfg)
     import lightning as L
     import torch
 
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
+    datamodule, module, trainer = build(cfg, probe)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     started = time.perf_counter()
