@@ -145,3 +145,33 @@ def test_resume_finds_the_run_directory_s_last_checkpoint(tmp_path):
     assert resolve_checkpoint(cfg) == own  # the run directory's own comes first
     explicit = _compose([f"ckpt_path={older}", "resume=true"], tmp_path / "now")
     assert resolve_checkpoint(explicit) == older
+    named = _compose(["resume=true", "run_name=exp1"], tmp_path / "exp1")
+    with pytest.raises(ConfigError, match=r"run 'exp1' has no checkpoints/last\.ckpt"):
+        resolve_checkpoint(named)
+
+
+def test_resume_without_a_name_skips_checkpoints_of_another_model(tmp_path):
+    import os
+
+    import torch
+
+    from marginkit.cli import ConfigError
+    from marginkit.cli.checkpoint import resume_checkpoint
+    from marginkit.cli.train import _wanted_model
+
+    cfg = _compose(["resume=true", "paths.task_dir=" + str(tmp_path / "task")], tmp_path / "now")
+    wanted = _wanted_model(cfg)
+    fits = {"backbone": wanted["backbone"], "loss": {**wanted["loss"], "num_classes": 6}}
+    sharded = {**fits, "loss": {"_target_": "marginkit.losses.ShardedMarginHead"}}
+    paths = {}
+    for age, (name, hparams) in enumerate([("fits", fits), ("sharded", sharded)]):
+        path = tmp_path / "task" / name / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        torch.save({"hyper_parameters": hparams}, path)
+        os.utime(path, (age + 1, age + 1))
+        paths[name] = path
+    # The newest run is model parallel: it does not fit the default, replicated head.
+    assert resume_checkpoint(cfg, wanted=wanted) == paths["fits"]
+    paths["fits"].unlink()
+    with pytest.raises(ConfigError, match="none of the 1 last.ckpt"):
+        resume_checkpoint(cfg, wanted=wanted)

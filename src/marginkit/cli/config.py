@@ -26,8 +26,13 @@ def register_resolvers() -> None:
     """Register the OmegaConf resolvers the configs use (idempotent).
 
     * ``${metric_mode:<name>}``: ``"min"`` or ``"max"``, whichever is better for the metric.
+    * ``${resumed_subdir:<resume>}``: where Hydra records the run's config, ``.hydra`` for a new
+      run and ``.hydra/resumed`` for a resumed one (the run's original config stays).
     """
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+    OmegaConf.register_new_resolver(
+        "resumed_subdir", lambda resume: ".hydra/resumed" if resume else ".hydra", replace=True
+    )
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -11,11 +11,12 @@ import math
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from marginkit.cli.checkpoint import resume_checkpoint
+from marginkit.cli.checkpoint import resume_checkpoint, resumed_config
 from marginkit.cli.config import (
     ConfigError,
     check_missing,
@@ -24,7 +25,7 @@ from marginkit.cli.config import (
     instantiate_node,
 )
 from marginkit.cli.options import BASELINE_PREFIX, write_metrics
-from marginkit.cli.parallel import loss_config, parallel_mode
+from marginkit.cli.parallel import SHARDED_HEAD, loss_config, parallel_mode
 from marginkit.cli.results import print_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,6 +195,32 @@ def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]
     return {f"{BASELINE_PREFIX}{name}": value for name, value in results.items()}
 
 
+def _wanted_model(cfg: DictConfig) -> dict[str, Any]:
+    """The backbone and loss configs a checkpoint must have to resume this command's model."""
+    mode, _ = parallel_mode(cfg)
+    wanted = {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True)}
+    if cfg.get("loss"):
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        wanted["loss"] = {"_target_": SHARDED_HEAD} if mode == "model" else loss
+    return wanted
+
+
+def _resumed(cfg: DictConfig, ckpt_path: Any) -> DictConfig:
+    """The run's stored config with the command line on top; recorded in Hydra's output dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return cfg
+    hydra_cfg = HydraConfig.get()
+    resumed = resumed_config(cfg, ckpt_path, list(hydra_cfg.overrides.task))
+    if hydra_cfg.output_subdir:
+        record = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resumed, record)
+    log.info("resuming %s with its stored config and the command line on top", ckpt_path)
+    return resumed
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on the training split, test the best checkpoint, write ``metrics.json``.
 
@@ -205,7 +232,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     # What needs no torch first: these mistakes answer before the training stack loads.
     check_missing(cfg, allowed_missing={"loss.num_classes"})
-    ckpt_path = resume_checkpoint(cfg)
+    if cfg.get("resume") and not cfg.get("ckpt_path"):
+        ckpt_path = resume_checkpoint(cfg, wanted=_wanted_model(cfg))
+        cfg = _resumed(cfg, ckpt_path)
+    else:
+        ckpt_path = resume_checkpoint(cfg)
     # A bad loss argument answers once torch is imported, before Lightning and the data load.
     probe = check_loss(cfg)
     import lightning as L
