@@ -173,5 +173,5 @@ def test_resume_without_a_name_skips_checkpoints_of_another_model(tmp_path):
     # The newest run is model parallel: it does not fit the default, replicated head.
     assert resume_checkpoint(cfg, wanted=wanted) == paths["fits"]
     paths["fits"].unlink()
-    with pytest.raises(ConfigError, match="none of the 1 last.ckpt"):
+    with pytest.raises(ConfigError, match=r"none of the 1 last\.ckpt"):
         resume_checkpoint(cfg, wanted=wanted)
