@@ -248,3 +248,67 @@ def resumed_config(cfg: DictConfig, checkpoint: Path, overrides: list[str]) -> D
         stored.ckpt_path = cfg.get("ckpt_path")
         stored.paths.output_dir = cfg.paths.output_dir
     return stored
+
+
+def command_line_overrides(cfg: DictConfig) -> list[str] | None:
+    """The command line's overrides (``cfg.hydra`` when composed with it, else the running
+    Hydra app's), or None when the config was composed without a record of them."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    recorded = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if recorded is not None:
+        return [str(override) for override in recorded]
+    if HydraConfig.initialized():
+        return [str(override) for override in HydraConfig.get().overrides.task]
+    return None
+
+
+# Data settings that define what the model sees (not where the data is): taken from the
+# checkpoint, unless given on the command line, also when evaluating on another data group.
+TRANSFORM_KEYS = ("image_size", "crop_size", "mean", "std", "grayscale")
+
+
+def with_checkpoint_data(cfg: DictConfig, module: nn.Module) -> DictConfig:
+    """``cfg`` with the data settings the checkpoint was trained with as defaults.
+
+    A checkpoint written by ``train.py`` holds its resolved ``data`` config. Without a ``data=``
+    group on the command line, or with the checkpoint's own data class (``data=image_folder``
+    for an image-folder run), that config is used, with the command line's ``data.<key>=``
+    overrides on top (e.g. another ``data.root``). For another data class (``data=pairs`` to
+    verify on LFW) the command line's data is used, with the checkpoint's transform settings
+    (:data:`TRANSFORM_KEYS`: image size, crop, normalisation, grayscale) unless given. Returns a
+    new config; ``cfg`` is not changed.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict
+
+    stored = getattr(module, "data_config", None)
+    overrides = command_line_overrides(cfg)
+    if not stored or overrides is None:
+        return cfg
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    chosen = any(override.key_or_group == "data" for override in parsed)
+    explicit = {
+        override.key_or_group[len("data.") :]: override
+        for override in parsed
+        if override.key_or_group.startswith("data.")
+    }
+    if not chosen or stored.get("_target_") == cfg.data.get("_target_"):
+        data = OmegaConf.create(stored)
+        for key, override in explicit.items():
+            if override.is_delete():
+                data.pop(key, None)
+            else:
+                OmegaConf.update(data, key, override.value(), force_add=True)
+        log.info("data settings from the checkpoint (%s)", data.get("_target_", "?"))
+    else:
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+        taken = [k for k in TRANSFORM_KEYS if k in data and k in stored and k not in explicit]
+        for key in taken:
+            data[key] = stored[key]
+        log.info("transform settings from the checkpoint: %s", ", ".join(taken) or "none")
+    result = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(result):
+        result.data = data
+    return result

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from marginkit.cli.checkpoint import describe, head_num_classes, load_module, resolve_checkpoint
+from marginkit.cli.checkpoint import (
+    describe,
+    head_num_classes,
+    load_module,
+    resolve_checkpoint,
+    with_checkpoint_data,
+)
 from marginkit.cli.config import ConfigError, check_missing, first_line, instantiate_node
 from marginkit.cli.options import SPLITS, check_choice, check_flag
 
@@ -245,6 +251,19 @@ def embed_split(
     return embeddings[order].contiguous(), labels[order], indices[order]
 
 
+def check_finite_embeddings(cfg: DictConfig, embeddings: Tensor) -> None:
+    """Raise :class:`ConfigError` if the checkpoint's model gives NaN or infinite embeddings."""
+    import torch
+
+    bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
+    if bad:
+        raise ConfigError(
+            f"`ckpt_path` {cfg.ckpt_path!r}: the checkpoint produces non-finite embeddings "
+            f"({bad} of {embeddings.shape[0]} items NaN or infinite); its weights are not usable "
+            "(a diverged run?)"
+        )
+
+
 def check_embedding_config(cfg: DictConfig) -> Path:
     """Check what eval and embed read from the config, before anything heavy is imported.
 
@@ -272,6 +291,7 @@ def embed_from_config(cfg: DictConfig) -> tuple[L.LightningModule, Any, SplitEmb
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
     split, flip = cfg.split, cfg.flip
     module = load_module(cfg)
+    cfg = with_checkpoint_data(cfg, module)
     datamodule = build_datamodule(cfg, split)
     check_num_classes(cfg, module, datamodule)
     loader = split_dataloader(datamodule, split)
@@ -285,6 +305,7 @@ def embed_from_config(cfg: DictConfig) -> tuple[L.LightningModule, Any, SplitEmb
     embeddings, labels, indices = embed_split(
         module.backbone, loader, trainer, flip=flip, normalize=bool(cfg.get("normalize", False))
     )
+    check_finite_embeddings(cfg, embeddings)
     paths = item_paths(datamodule, split)
     if paths is not None:
         paths = [paths[index] for index in indices.tolist()]

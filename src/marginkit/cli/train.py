@@ -164,6 +164,7 @@ def build(
     if probe is None:
         probe = check_loss(cfg)
     balanced = needs_balanced_batches(cfg)
+    n_instances = None
     datamodule = _setup_data(cfg)
     if balanced:  # K depends on the number of training classes, known after setup
         n_instances = balanced_n_instances(cfg, datamodule.num_classes)
@@ -171,6 +172,11 @@ def build(
         datamodule = _setup_data(cfg, n_instances=n_instances)
     loss = loss_config(cfg, getattr(datamodule, "num_classes", None), probe)
     module = build_module(cfg, loss=loss)
+    # Evaluation of the checkpoints uses the same data settings (image size, normalisation...).
+    module.data_config = {
+        **OmegaConf.to_container(cfg.data, resolve=True),
+        **({"n_instances": n_instances} if balanced else {}),
+    }
     callbacks = instantiate_collection(cfg, "callbacks")
     loggers = instantiate_collection(cfg, "logger")
     if not loggers:  # a learning-rate monitor needs a logger to write to
