@@ -175,3 +175,16 @@ def test_resume_without_a_name_skips_checkpoints_of_another_model(tmp_path):
     paths["fits"].unlink()
     with pytest.raises(ConfigError, match=r"none of the 1 last\.ckpt"):
         resume_checkpoint(cfg, wanted=wanted)
+
+
+@pytest.mark.parametrize("data", ["image_folder", "pairs"])
+def test_loader_defaults_come_from_the_machine(data, tmp_path):
+    import os
+
+    import torch
+
+    cfg = _compose([f"data={data}"], tmp_path)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Up to 4 workers, leaving one CPU to the training loop: torch warns above its suggestion.
+    assert cfg.data.num_workers == max(0, min(4, cpus - 1))
+    assert cfg.data.pin_memory is torch.cuda.is_available()

@@ -26,10 +26,16 @@ def register_resolvers() -> None:
     """Register the OmegaConf resolvers the configs use (idempotent).
 
     * ``${metric_mode:<name>}``: ``"min"`` or ``"max"``, whichever is better for the metric.
+    * ``${num_workers:}``, ``${pin_memory:}``: loader defaults for this machine (workers: up to
+      4, one per spare CPU; pinned memory: only with a CUDA device).
     * ``${resumed_subdir:<resume>}``: where Hydra records the run's config, ``.hydra`` for a new
       run and ``.hydra/resumed`` for a resumed one (the run's original config stays).
     """
+    from marginkit.cli.console import default_num_workers, default_pin_memory
+
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+    OmegaConf.register_new_resolver("num_workers", default_num_workers, replace=True)
+    OmegaConf.register_new_resolver("pin_memory", default_pin_memory, replace=True)
     OmegaConf.register_new_resolver(
         "resumed_subdir", lambda resume: ".hydra/resumed" if resume else ".hydra", replace=True
     )

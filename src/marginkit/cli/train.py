@@ -24,6 +24,7 @@ from marginkit.cli.config import (
     instantiate_collection,
     instantiate_node,
 )
+from marginkit.cli.console import single_lightning_log
 from marginkit.cli.options import BASELINE_PREFIX, write_metrics
 from marginkit.cli.parallel import SHARDED_HEAD, loss_config, parallel_mode
 from marginkit.cli.results import print_metrics
@@ -201,6 +202,122 @@ def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]
     return {f"{BASELINE_PREFIX}{name}": value for name, value in results.items()}
 
 
+def check_trainer_limits(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a training length Lightning would take but cannot finish.
+
+    ``trainer.max_epochs`` must be a positive int (Lightning reads -1 as "forever", which the
+    learning-rate schedules, sized by the number of steps, cannot follow) unless
+    ``trainer.max_steps`` bounds the run.
+    """
+    node = cfg.get("trainer") or {}
+    max_steps = node.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < -1:
+        raise ConfigError(f"`trainer.max_steps` must be a positive int or -1, got {max_steps!r}")
+    max_epochs = node.get("max_epochs")
+    if max_epochs is None or max_steps > 0:
+        return
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(
+            f"`trainer.max_epochs` must be a positive int, got {max_epochs!r} (or bound the run "
+            "with trainer.max_steps=N)"
+        )
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """Build the optimizer and the scheduler on a stand-in parameter, before the data loads.
+
+    A bad value (``optimizer.lr=abc``, ``optimizer.weight_decay=-1``) then fails as one line
+    naming the group, not after the first epoch's data is loaded.
+    """
+    import inspect
+
+    import torch
+
+    if not cfg.get("optimizer"):
+        return
+    factory = instantiate_node(cfg, "optimizer")
+    target = cfg.optimizer.get("_target_", "?")
+    try:
+        optimizer = factory([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as error:
+        raise ConfigError(
+            f"`optimizer` ({target}): {_mistyped(cfg, 'optimizer') or first_line(error)}"
+        ) from error
+    if not cfg.get("scheduler"):
+        return
+    scheduler = instantiate_node(cfg, "scheduler")
+    target = cfg.scheduler.get("_target_", "?")
+    try:
+        if "total_steps" in inspect.signature(scheduler).parameters:
+            scheduler(optimizer, total_steps=100)
+        else:
+            scheduler(optimizer)
+    except Exception as error:
+        raise ConfigError(
+            f"`scheduler` ({target}): {_mistyped(cfg, 'scheduler') or first_line(error)}"
+        ) from error
+
+
+def _mistyped(cfg: DictConfig, group: str) -> str | None:
+    """``"`optimizer.lr` must be a number, got 'abc'"`` for a text value whose default is a
+    number in the target's signature, else None."""
+    import inspect
+
+    import hydra
+
+    node = cfg.get(group) or {}
+    try:
+        parameters = inspect.signature(hydra.utils.get_method(node.get("_target_"))).parameters
+    except Exception:
+        return None
+    for key, value in node.items():
+        default = parameters[key].default if key in parameters else None
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and isinstance(value, str):
+            return f"`{group}.{key}` must be a number, got {value!r}"
+    return None
+
+
+def check_backbone_takes_data(cfg: DictConfig, module: Any, datamodule: Any) -> None:
+    """Run the backbone on one training item; a mismatch is one line naming the backbone key.
+
+    An RGB image folder with a one-channel backbone says ``backbone.in_channels=3``.
+    """
+    import torch
+
+    from marginkit.cli.embedding import first_inputs
+
+    try:
+        loader = datamodule.train_dataloader()
+    except ValueError as error:
+        if str(error).startswith("`"):
+            raise ConfigError(first_line(error)) from error
+        raise
+    inputs = first_inputs(loader)
+    backbone = cfg.get("backbone") or {}
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module.backbone(inputs)
+    except Exception as error:
+        channels = backbone.get("in_channels")
+        if inputs.ndim == 4 and channels is not None and channels != inputs.shape[1]:
+            fix = f"backbone.in_channels={inputs.shape[1]}"
+            if backbone.get("image_size") is not None:
+                fix += " backbone.image_size=null"
+            raise ConfigError(
+                f"`backbone.in_channels` is {channels} but the data gives {inputs.shape[1]}-"
+                f"channel images {tuple(inputs.shape[1:])}: set {fix}"
+            ) from error
+        raise ConfigError(
+            f"`backbone` ({backbone.get('_target_', '?')}) cannot embed the data's inputs of "
+            f"shape {tuple(inputs.shape[1:])}: {first_line(error)}"
+        ) from error
+    finally:
+        module.train(was_training)
+
+
 def _wanted_model(cfg: DictConfig) -> dict[str, Any]:
     """The backbone and loss configs a checkpoint must have to resume this command's model."""
     mode, _ = parallel_mode(cfg)
@@ -243,19 +360,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg = _resumed(cfg, ckpt_path)
     else:
         ckpt_path = resume_checkpoint(cfg)
+    check_trainer_limits(cfg)
     # A bad loss argument answers once torch is imported, before Lightning and the data load.
     probe = check_loss(cfg)
+    check_optimization(cfg)
     import lightning as L
     import torch
 
+    single_lightning_log()
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
     datamodule, module, trainer = build(cfg, probe)
+    check_backbone_takes_data(cfg, module, datamodule)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except ValueError as error:  # a datamodule's check of its keys, raised when a loader is built
+        if str(error).startswith("`"):
+            raise ConfigError(first_line(error)) from error
+        raise
     fit_seconds = time.perf_counter() - started
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -276,8 +402,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+ERROR_FILE = "error.txt"
+
+
+def _failed(cfg: DictConfig, message: str, code: int) -> float:
+    """Report a failed run in one line; in a sweep, record it and let the other jobs run."""
+    print(message, file=sys.stderr)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ERROR_FILE).write_text(message + "\n")
+    except Exception:  # no run directory to write to: the line above is the report
+        pass
+    if multirun:  # the sweep summary marks this job failed (NaN: a failed Optuna trial)
+        return math.nan
+    raise SystemExit(code)
+
+
 def run(cfg: DictConfig) -> float | None:
-    """Entry point for ``train.py``: train, and turn config mistakes into one line + exit 2.
+    """Entry point for ``train.py``: train; a mistake or a stop is one line and an exit code.
+
+    A config mistake exits 2, a training stop (a non-finite loss) exits 1. In a sweep
+    (``-m``) a failed job writes ``error.txt`` in its directory instead and the sweep goes on
+    (its ``summary.csv`` marks the job failed).
 
     Returns the monitored validation metric (what a Hydra sweeper optimises), or ``None``.
     """
@@ -289,7 +440,15 @@ def run(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return _failed(cfg, f"config error: {error}", code=2)
+    except FloatingPointError as error:  # the non-finite loss stop
+        return _failed(cfg, f"training stopped: {first_line(error)}", code=1)
+    except Exception as error:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        return _failed(cfg, f"failed: {type(error).__name__}: {first_line(error)}", code=1)
     value = metrics.get(cfg.model.get("monitor", ""))
     return None if value is None or not math.isfinite(value) else value
