@@ -20,7 +20,7 @@ from marginkit.cli.checkpoint import describe, resolve_checkpoint
 from marginkit.cli.config import ConfigError, exit_on_config_error, first_line
 from marginkit.cli.embedding import check_embedding_config, embed_from_config
 from marginkit.cli.options import BASELINE_PREFIX, check_flag, write_metrics
-from marginkit.cli.results import print_metrics
+from marginkit.cli.results import RunFacts, negative_pair_count, print_metrics
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 {f"{BASELINE_PREFIX}{name}": raw[name] for name in wanted if name in raw}
             )
     path = write_metrics(cfg, metrics)
-    print_metrics(metrics, title=_title(cfg, items, pairs))
+    facts = RunFacts(
+        monitor=module.monitor,
+        negative_pairs={split: negative_pair_count(pairs)} if pairs is not None else {},
+        checkpoints=[("checkpoint", str(resolve_checkpoint(cfg.ckpt_path)))],
+    )
+    print_metrics(metrics, title=_title(cfg, items, pairs), facts=facts)
     log.info("%s; metrics written to %s", describe(module), path)
     return metrics
 

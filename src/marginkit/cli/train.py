@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from marginkit.cli.checkpoint import resume_checkpoint, resumed_config
+from marginkit.cli.checkpoint import LAST_CHECKPOINT, resume_checkpoint, resumed_config
 from marginkit.cli.config import (
     ConfigError,
     check_missing,
@@ -27,7 +27,7 @@ from marginkit.cli.config import (
 from marginkit.cli.console import single_lightning_log
 from marginkit.cli.options import BASELINE_PREFIX, write_metrics
 from marginkit.cli.parallel import SHARDED_HEAD, loss_config, parallel_mode
-from marginkit.cli.results import print_metrics
+from marginkit.cli.results import RunFacts, negative_pair_count, print_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning as L
@@ -396,10 +396,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         path = write_metrics(cfg, metrics)
         print_metrics(
-            metrics, title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s"
+            metrics,
+            title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s",
+            facts=_run_facts(cfg, datamodule, module, trainer),
         )
         log.info("metrics written to %s", path)
     return metrics
+
+
+def _run_facts(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any) -> RunFacts:
+    """The monitored metric, the best epoch, the pair counts and the checkpoint files."""
+    negatives = {}
+    pairs_of = getattr(datamodule, "verification_pairs", None)
+    for stage in ("val", "test"):
+        pairs = pairs_of(stage) if callable(pairs_of) and module.verification is not False else None
+        if pairs is not None:
+            negatives[stage] = negative_pair_count(pairs)
+    checkpoints = []
+    best = getattr(getattr(trainer, "checkpoint_callback", None), "best_model_path", "")
+    if best:
+        checkpoints.append(("best checkpoint", best))
+    last = Path(cfg.paths.output_dir) / LAST_CHECKPOINT
+    if last.is_file():
+        checkpoints.append(("last checkpoint", str(last)))
+    return RunFacts(module.monitor, module.best_val_epoch, negatives, checkpoints)
 
 
 ERROR_FILE = "error.txt"

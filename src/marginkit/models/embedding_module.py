@@ -63,7 +63,8 @@ class EmbeddingModule(L.LightningModule):
     The numbers do not depend on the batch size or the order of the batches. Evaluation batches
     are ``(inputs, labels, indices)`` with the items' dataset indices (or ``(inputs, labels)``:
     then single-process order is used and DDP duplicates cannot be detected). The validation
-    values of the epoch with the best ``monitor`` value are kept in :attr:`best_val_metrics`,
+    values of the epoch with the best ``monitor`` value are kept in :attr:`best_val_metrics`
+    (that epoch in :attr:`best_val_epoch`),
     the test values in :attr:`test_metrics`, the evaluated items in :attr:`evaluated`.
 
     Checkpoints also carry what evaluating the model needs: :attr:`input_shape` (one input
@@ -158,6 +159,7 @@ class EmbeddingModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.best_val_metrics: dict[str, float] = {}
+        self.best_val_epoch: int | None = None
         self.test_metrics: dict[str, float] = {}
         self.evaluated: dict[str, EvaluationItems] = {}
         self._outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
@@ -366,6 +368,7 @@ class EmbeddingModule(L.LightningModule):
             )
             if improved and math.isfinite(value):
                 self.best_val_metrics = results
+                self.best_val_epoch = int(self.current_epoch)
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._evaluation_results("test")
@@ -383,6 +386,7 @@ class EmbeddingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_metrics"] = dict(self.best_val_metrics)
+        checkpoint["best_val_epoch"] = self.best_val_epoch
         checkpoint[_DESCRIPTION_KEY] = self.describe()
         if self.data_config is not None:
             checkpoint[_DATA_KEY] = self.data_config
@@ -410,6 +414,7 @@ class EmbeddingModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_fits(checkpoint)
         self.best_val_metrics = dict(checkpoint.get("best_val_metrics", {}))
+        self.best_val_epoch = checkpoint.get("best_val_epoch")
         if checkpoint.get(_DATA_KEY) is not None:
             self.data_config = dict(checkpoint[_DATA_KEY])
         if checkpoint.get(_INPUT_SHAPE_KEY) is not None:
