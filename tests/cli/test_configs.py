@@ -188,3 +188,10 @@ def test_loader_defaults_come_from_the_machine(data, tmp_path):
     # Up to 4 workers, leaving one CPU to the training loop: torch warns above its suggestion.
     assert cfg.data.num_workers == max(0, min(4, cpus - 1))
     assert cfg.data.pin_memory is torch.cuda.is_available()
+
+
+def test_digits_compare_without_multirun_trains_what_its_comment_says(tmp_path):
+    cfg = _compose(["experiment=digits_compare"], tmp_path)
+    comment = (CONF / "experiment" / "digits_compare.yaml").read_text()
+    said = comment.split("Without -m", 1)[1].splitlines()[0]
+    assert cfg.loss._target_ == "marginkit.losses.ArcFaceLoss" and "(arcface)" in said
