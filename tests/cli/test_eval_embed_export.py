@@ -543,6 +543,25 @@ def test_a_config_error_exits_2_in_one_line(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_a_misspelt_key_is_one_line_with_the_close_name(tmp_path):
+    result = _script("eval", ["ckpt_path=missing.ckpt", "fip=true"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "config error: `fip` is not a key of the config; did you mean flip? (to add a new key: "
+        "+fip=...)"
+    )
+
+
+def test_a_missing_data_folder_is_one_line(digits_run, tmp_path):
+    command = [f"ckpt_path={digits_run.ckpt}", "data=image_folder"]
+    command += [f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"]
+    result = _script("eval", command, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("config error: `data` (marginkit.data.ImageFolderDataModule)")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("script", ["eval", "embed", "export"])
 def test_help_answers_without_importing_torch(tmp_path, script):
     result = _script(script, ["--help"], tmp_path)
