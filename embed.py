@@ -1,7 +1,12 @@
 """Embed a split with a checkpoint: ``python embed.py ckpt_path=<ckpt> out=embeddings.pt`` (conf/embed.yaml)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
+
+from marginkit.cli.command_line import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="embed")
@@ -14,4 +19,5 @@ def main(cfg: DictConfig) -> str:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "embed", sys.argv)
     main()

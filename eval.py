@@ -1,7 +1,12 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=<run>/checkpoints/best.ckpt`` (conf/eval.yaml)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
+
+from marginkit.cli.command_line import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -14,4 +19,5 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "eval", sys.argv)
     main()

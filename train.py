@@ -1,9 +1,13 @@
 """Train an embedding model: ``python train.py loss=cosface`` (Hydra; see conf/train.yaml)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from marginkit.cli import register_resolvers, run
+from marginkit.cli.command_line import check_command_line
 
 register_resolvers()
 
@@ -15,4 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "train", sys.argv)
     main()

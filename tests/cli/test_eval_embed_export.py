@@ -543,6 +543,25 @@ def test_a_config_error_exits_2_in_one_line(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_a_misspelt_key_is_one_line_with_the_close_name(tmp_path):
+    result = _script("eval", ["ckpt_path=missing.ckpt", "fip=true"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "config error: `fip` is not a key of the config; did you mean flip? (to add a new key: "
+        "+fip=...)"
+    )
+
+
+def test_a_missing_data_folder_is_one_line(digits_run, tmp_path):
+    command = [f"ckpt_path={digits_run.ckpt}", "data=image_folder"]
+    command += [f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"]
+    result = _script("eval", command, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("config error: `data` (marginkit.data.ImageFolderDataModule)")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("script", ["eval", "embed", "export"])
 def test_help_answers_without_importing_torch(tmp_path, script):
     result = _script(script, ["--help"], tmp_path)
@@ -556,3 +575,77 @@ def test_help_answers_without_importing_torch(tmp_path, script):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
     )
     assert imported.stdout.split() == ["False", "False"], imported.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints carry what evaluation needs
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_eval_and_export_take_the_data_settings_from_the_checkpoint(tmp_path):
+    """Trained at 12x12 RGB: eval given only ckpt_path and the data folder evaluates at 12x12
+    (the training run's own test metrics), export given only ckpt_path takes (3, 12, 12)."""
+    root = tmp_path / "images"
+    for identity in range(12):
+        for number in range(4):
+            _image(root / f"id{identity:02d}" / f"{number}.png", 10 * identity + number)
+    run = tmp_path / "run"
+    train = [
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "data=image_folder",
+        f"data.root={root}",
+        "data.image_size=[12,12]",
+        "data.val_ratio=0.25",
+        "data.test_ratio=0.25",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "data.persistent_workers=false",
+        "data.pairs_per_fold=2",
+        "data.n_folds=2",
+        "backbone=small_cnn",
+        "backbone.in_channels=3",
+        "backbone.image_size=null",
+        "backbone.channels=[4]",
+        "backbone.embedding_dim=8",
+        "trainer.max_epochs=1",
+        "eval.baseline=false",
+        f"hydra.run.dir={run}",
+    ]
+    trained = _script("train", train, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    expected = _strict_json(run / "metrics.json")
+    command = [f"ckpt_path={run}", "data=image_folder", f"data.root={root}"]
+    command += ["eval.baseline=false", f"hydra.run.dir={tmp_path / 'eval'}"]
+    evaluated = _script("eval", command, tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = _strict_json(tmp_path / "eval" / "metrics.json")
+    for name in ("test/precision@1", "test/map@r", "test/r_precision"):
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+    out = tmp_path / "backbone.pt2"
+    exported = _script("export", [f"ckpt_path={run}", "format=pt2", f"out={out}"], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "input (batch, 3, 12, 12)" in exported.stdout
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(3, 3, 12, 12)).shape == (3, 8)
+
+
+def test_a_checkpoint_giving_non_finite_embeddings_is_said_once(digits_run, tmp_path):
+    from marginkit.cli.embed import embed
+    from marginkit.cli.evaluate import evaluate
+    from marginkit.cli.export import export
+
+    checkpoint = torch.load(digits_run.ckpt, weights_only=True)
+    state = checkpoint["state_dict"]
+    first = next(key for key in state if key.startswith("backbone.") and key.endswith("weight"))
+    state[first] = torch.full_like(state[first], float("nan"))
+    broken = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, broken)
+    for name, command in (("embed", embed), ("eval", evaluate), ("export", export)):
+        cfg = _compose(
+            name, [f"ckpt_path={broken}", "format=pt2"][: 2 if name == "export" else 1], tmp_path
+        )
+        with pytest.raises(ConfigError, match="the checkpoint produces non-finite embeddings"):
+            command(cfg)
+    assert not (tmp_path / "metrics.json").exists()

@@ -61,6 +61,8 @@ def test_fast_dev_run_writes_metrics_and_the_baseline(tmp_path):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0
     assert 0.9 < metrics["baseline/precision@1"] <= 1.0
     assert "raw inputs (test)" in result.stdout
+    # Lightning's INFO lines once (not by Lightning's handler and Hydra's both).
+    assert (result.stdout + result.stderr).count("GPU available") == 1
 
 
 def _image_folder(root: Path, n_classes: int = 20, per_class: int = 4, size: int = 32) -> Path:
@@ -195,7 +197,7 @@ def test_the_optuna_sweeper_runs_trials(tmp_path):
         ("loss.s=0", "config error: `loss` (marginkit.losses.ArcFaceLoss): `s`"),
         ("model.monitor=val/precision@3", "`monitor` must be one of"),
         ("data.train_classes=[0,6]", "unseen in training"),
-        ("ckpt_path=/nonexistent/last.ckpt", "`ckpt_path` '/nonexistent/last.ckpt' is not a file"),
+        ("ckpt_path=/nonexistent/last.ckpt", "`ckpt_path` '/nonexistent/last.ckpt': no such file"),
     ],
 )
 def test_config_mistakes_fail_before_training_in_one_line(tmp_path, override, expected):
@@ -204,6 +206,85 @@ def test_config_mistakes_fail_before_training_in_one_line(tmp_path, override, ex
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "trainer.max_epoch=3",
+            "`trainer.max_epoch` is not a key of `trainer`; did you mean trainer.max_epochs?",
+        ),
+        ("loss.margin=0.5", "`loss.margin` is not a key of `loss`; did you mean loss.easy_margin?"),
+        ("loss=arcfce", "Could not find 'loss/arcfce': did you mean loss=arcface"),
+        (
+            "optimizer.lr=abc",
+            "`optimizer` (torch.optim.AdamW): `optimizer.lr` must be a number, got 'abc'",
+        ),
+        ("trainer.max_epochs=-1", "`trainer.max_epochs` must be a positive int, got -1"),
+        ("+scheduler.warmup_ratio=2", "`scheduler` ("),
+    ],
+)
+def test_mistakes_are_one_line_naming_the_key_with_exit_2(tmp_path, override, expected):
+    result = _run([override, f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == lines[-1].strip() and lines[-1].startswith("config error: ")
+    assert expected in lines[-1]
+    assert sum(line.startswith("config error") for line in lines) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_an_rgb_folder_with_a_one_channel_backbone_names_in_channels(tmp_path):
+    root = _image_folder(tmp_path / "images", n_classes=8, per_class=4, size=16)
+    result = _run(
+        [
+            "data=image_folder",
+            f"data.root={root}",
+            "data.val_ratio=0.25",
+            "data.test_ratio=0.25",
+            "data.batch_size=4",
+            "backbone=small_cnn",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "config error: `backbone.in_channels` is 1 but the data gives 3-channel images" in (
+        result.stderr
+    )
+    assert "set backbone.in_channels=3" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_non_finite_loss_stop_is_one_line(tmp_path):
+    result = _run(
+        ["optimizer.lr=1e30", "trainer.max_epochs=2", *TINY, f"hydra.run.dir={tmp_path}/run"],
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert "training stopped: the training loss is nan at step" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_failing_job_still_writes_its_summary(tmp_path):
+    result = _run(
+        [
+            "-m",
+            "loss.m=0.3,-1",
+            "trainer.fast_dev_run=true",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with (tmp_path / "sweep" / "summary.csv").open() as file:
+        rows = {row["loss.m"]: row for row in csv.DictReader(file)}
+    assert rows["0.3"]["status"] == "ok" and float(rows["0.3"]["test/precision@1"]) > 0
+    assert rows["-1"]["status"] == "failed"
+    assert rows["-1"]["error"].startswith("config error: `loss` (marginkit.losses.ArcFaceLoss)")
 
 
 def _raw_pixel_baseline() -> tuple[float, float]:

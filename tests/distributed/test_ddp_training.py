@@ -1,6 +1,6 @@
 """``train.py`` under Lightning DDP on 2 CPU processes (gloo) against one process, same global batch.
 
-Data parallel (replicated ArcFace head) and model parallel (``loss.parallel=model``: the class
+Data parallel (replicated ArcFace head) and model parallel (``parallel=model``: the class
 weights sharded over the ranks) both match a single process training on the same global batch
 (64 = 2 ranks × 32) within a tolerance (the sampler hands the ranks other batches than one
 process sees, so the runs are not bit-identical), and reach test precision@1 ≥ 0.85.
@@ -48,7 +48,7 @@ def _train(overrides: list[str], output_dir: Path) -> dict:
 
 @pytest.mark.parametrize("parallel", ["data", "model"])
 def test_two_ranks_match_one_process_with_the_same_global_batch(parallel, tmp_path):
-    head = [f"loss.parallel={parallel}"]
+    head = [f"parallel={parallel}"]
     single = _train([*SINGLE, *head], tmp_path / "single")
     ddp = _train([*DDP, *head], tmp_path / "ddp")
     for metrics in (single, ddp):

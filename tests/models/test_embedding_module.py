@@ -135,6 +135,53 @@ def test_load_from_checkpoint_rebuilds_the_model_alone(tmp_path):
     assert loaded.best_val_metrics == module.best_val_metrics
 
 
+def test_checkpoints_carry_the_input_shape_and_the_data_settings(tmp_path):
+    module = EmbeddingModule(BACKBONE, LOSS, top_k=(1,))
+    module.data_config = {"_target_": "marginkit.data.DigitsDataModule", "batch_size": 32}
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=_digits())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = EmbeddingModule.load_from_checkpoint(path, weights_only=True)
+    assert loaded.input_shape == (64,)  # one digits item: a flat 8x8 image
+    assert loaded.data_config == module.data_config
+
+
+@pytest.mark.parametrize("form", ["two shards", "merged"])
+def test_a_model_parallel_checkpoint_loads_in_one_process(tmp_path, form):
+    """The per-shard form (any world size) and the merged form both load, with equal weights."""
+    import lightning
+
+    from marginkit.distributed.checkpoint import merge_shards, reshard
+
+    sharded_loss = {
+        "_target_": "marginkit.losses.ShardedMarginHead",
+        "in_features": 16,
+        "num_classes": 7,
+        "s": 16.0,
+    }
+    module = EmbeddingModule(BACKBONE, sharded_loss, top_k=(1,))
+    state = module.state_dict()
+    weight = state["loss.weight_shards.0"]
+    state = reshard(state, 2) if form == "two shards" else merge_shards(state)
+    assert ("loss.weight_shards.1" in state) == (form == "two shards")
+    path = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    loaded = EmbeddingModule.load_from_checkpoint(path, weights_only=True)
+    assert torch.equal(loaded.loss.weight, weight)
+    x = torch.randn(3, 64)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))
+    with pytest.raises(ValueError, match=r"\(7, 16\) vs \(9, 16\)"):
+        EmbeddingModule.load_from_checkpoint(path, loss={**sharded_loss, "num_classes": 9})
+
+
 def test_a_checkpoint_of_another_model_fails_naming_both(tmp_path):
     module = EmbeddingModule(BACKBONE, LOSS, top_k=(1,))
     trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)

@@ -5,6 +5,7 @@ load when training starts, so ``python train.py --help`` and config errors answe
 """
 
 from marginkit.cli.config import ConfigError, register_resolvers
-from marginkit.cli.train import build, print_metrics, run, train
+from marginkit.cli.results import print_metrics
+from marginkit.cli.train import build, run, train
 
 __all__ = ["ConfigError", "build", "print_metrics", "register_resolvers", "run", "train"]

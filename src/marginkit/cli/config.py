@@ -6,11 +6,16 @@ must answer before the training stack loads.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 from marginkit.models.metric_direction import metric_mode
+
+Result = TypeVar("Result")
 
 
 class ConfigError(ValueError):
@@ -21,11 +26,34 @@ def register_resolvers() -> None:
     """Register the OmegaConf resolvers the configs use (idempotent).
 
     * ``${metric_mode:<name>}``: ``"min"`` or ``"max"``, whichever is better for the metric.
+    * ``${num_workers:}``, ``${pin_memory:}``: loader defaults for this machine (workers: up to
+      4, one per spare CPU; pinned memory: only with a CUDA device).
+    * ``${resumed_subdir:<resume>}``: where Hydra records the run's config, ``.hydra`` for a new
+      run and ``.hydra/resumed`` for a resumed one (the run's original config stays).
     """
+    from marginkit.cli.console import default_num_workers, default_pin_memory
+
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+    OmegaConf.register_new_resolver("num_workers", default_num_workers, replace=True)
+    OmegaConf.register_new_resolver("pin_memory", default_pin_memory, replace=True)
+    OmegaConf.register_new_resolver(
+        "resumed_subdir", lambda resume: ".hydra/resumed" if resume else ".hydra", replace=True
+    )
 
 
-def _root_cause(error: BaseException) -> BaseException:
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost ``__cause__`` of ``error`` (the error itself when it has none).
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         int("abc")
+        ...     except ValueError as inner:
+        ...         raise RuntimeError("while building") from inner
+        ... except RuntimeError as outer:
+        ...     type(root_cause(outer)).__name__
+        'ValueError'
+    """
     while error.__cause__ is not None:
         error = error.__cause__
     return error
@@ -52,7 +80,7 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except Exception as error:
-        raise ConfigError(f"`{key}` ({target}): {first_line(_root_cause(error))}") from error
+        raise ConfigError(f"`{key}` ({target}): {first_line(root_cause(error))}") from error
 
 
 def instantiate_collection(cfg: DictConfig, key: str) -> list[Any]:
@@ -71,3 +99,15 @@ def check_missing(cfg: DictConfig, allowed_missing: set[str]) -> None:
         raise ConfigError(
             f"missing mandatory value(s): {', '.join(missing)} (set them on the command line)"
         )
+
+
+def exit_on_config_error(function: Callable[[DictConfig], Result], cfg: DictConfig) -> Result:
+    """Call ``function(cfg)``; a :class:`ConfigError` becomes one line on stderr and exit 2."""
+    register_resolvers()
+    # Lightning 2.6 trips over its own pytree deprecation; it is not actionable.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    try:
+        return function(cfg)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

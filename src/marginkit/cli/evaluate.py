@@ -1,6 +1,6 @@
 """What ``eval.py`` runs: a checkpoint's retrieval and verification metrics on one split.
 
-The split is embedded as ``embed.py`` does (:func:`marginkit.cli.embed.embed_from_config`), then
+The split is embedded as ``embed.py`` does (:func:`marginkit.cli.embedding.embed_from_config`), then
 scored by :func:`marginkit.models.evaluation.evaluate_embeddings`, the function the training
 module's own validation and test use: leave-one-out retrieval over every item of the split and
 verification on exactly the data's pair list (``datamodule.verification_pairs(split)``: a pair
@@ -12,21 +12,15 @@ file's pairs and folds, or the seeded list), independent of the batch size. With
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from marginkit.cli.config import ConfigError, first_line
-from marginkit.cli.embed import (
-    check_embedding_config,
-    check_flag,
-    describe,
-    embed_from_config,
-    exit_on_config_error,
-    resolve_checkpoint,
-)
-from marginkit.cli.train import BASELINE_PREFIX, METRICS_FILE, _strict_json, print_metrics
+from marginkit.cli.checkpoint import describe, resolve_checkpoint
+from marginkit.cli.config import ConfigError, exit_on_config_error, first_line
+from marginkit.cli.embedding import check_embedding_config, embed_from_config
+from marginkit.cli.options import BASELINE_PREFIX, check_flag, write_metrics
+from marginkit.cli.results import RunFacts, negative_pair_count, print_metrics
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +108,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics.update(
                 {f"{BASELINE_PREFIX}{name}": raw[name] for name in wanted if name in raw}
             )
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / METRICS_FILE).write_text(_strict_json(metrics))
-    print_metrics(metrics, title=_title(cfg, items, pairs))
-    log.info("%s; metrics written to %s", describe(module), output_dir / METRICS_FILE)
+    path = write_metrics(cfg, metrics)
+    facts = RunFacts(
+        monitor=module.monitor,
+        negative_pairs={split: negative_pair_count(pairs)} if pairs is not None else {},
+        checkpoints=[("checkpoint", str(resolve_checkpoint(cfg.ckpt_path)))],
+    )
+    print_metrics(metrics, title=_title(cfg, items, pairs), facts=facts)
+    log.info("%s; metrics written to %s", describe(module), path)
     return metrics
 
 

@@ -30,19 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig
 
-from marginkit.cli.config import ConfigError, check_missing, first_line
-from marginkit.cli.embed import (
-    SPLITS,
-    build_datamodule,
-    check_backbone_takes,
-    check_choice,
-    check_flag,
-    exit_on_config_error,
-    load_module,
-    output_path,
-    resolve_checkpoint,
-    split_dataloader,
-)
+from marginkit.cli.checkpoint import load_module, resolve_checkpoint, with_checkpoint_data
+from marginkit.cli.config import ConfigError, check_missing, exit_on_config_error, first_line
+from marginkit.cli.embedding import build_datamodule, check_backbone_takes, split_dataloader
+from marginkit.cli.options import SPLITS, check_choice, check_flag, output_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -85,18 +76,22 @@ def _check_input_shape(value: Any) -> tuple[int, ...] | None:
     return shape
 
 
-def example_inputs(cfg: DictConfig) -> tuple[Tensor, str]:
-    """``CHECK_BATCH`` float32 inputs and the config key they come from.
+def example_inputs(cfg: DictConfig, module: Any = None) -> tuple[Tensor, str]:
+    """``CHECK_BATCH`` float32 inputs and where they come from.
 
-    Random normal inputs of ``input_shape`` (seeded), or the first items of the first batch of
-    ``split`` of the data (repeated if the split is smaller).
+    Random normal inputs (seeded) of ``input_shape``, else of the shape the checkpoint records
+    (``module.input_shape``), else the first items of the first batch of ``split`` of the data
+    (repeated if the split is smaller).
     """
     import torch
 
     shape = _check_input_shape(cfg.get("input_shape"))
+    source = "input_shape"
+    if shape is None and getattr(module, "input_shape", None):
+        shape, source = tuple(module.input_shape), "ckpt_path"
     if shape is not None:
         generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-        return torch.randn((CHECK_BATCH, *shape), generator=generator), "input_shape"
+        return torch.randn((CHECK_BATCH, *shape), generator=generator), source
     split = check_choice(cfg, "split", SPLITS)
     datamodule = build_datamodule(cfg, split)
     loader = split_dataloader(datamodule, split)
@@ -313,10 +308,16 @@ def export(cfg: DictConfig) -> Path:
     L.seed_everything(cfg.get("seed", 0), verbose=False)
     module = load_module(cfg)
     backbone = module.backbone
-    inputs, source = example_inputs(cfg)
+    cfg = with_checkpoint_data(cfg, module)
+    inputs, source = example_inputs(cfg, module)
     check_backbone_takes(cfg, module, inputs, key=source)
     with torch.no_grad():
         expected = module(inputs).float()
+    if not bool(torch.isfinite(expected).all()):
+        raise ConfigError(
+            f"`ckpt_path` {cfg.ckpt_path!r}: the checkpoint produces non-finite embeddings "
+            "(NaN or infinite) on the example inputs; its weights are not usable (a diverged run?)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         _WRITERS[fmt](backbone, inputs[:TRACE_BATCH], out, opset)

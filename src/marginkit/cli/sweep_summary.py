@@ -31,7 +31,8 @@ def collect_jobs(sweep_dir: Path, metrics_file: str = "metrics.json") -> list[di
     """One row per job directory of ``sweep_dir``: its overrides and its metrics (if any).
 
     A job directory is one with a ``.hydra/overrides.yaml``; a job without ``metrics_file``
-    (it failed) gets ``status="failed"``.
+    (it failed) gets ``status="failed"`` and, when it left one, its ``error.txt`` line as
+    ``error``.
 
     Example:
         >>> import tempfile
@@ -58,6 +59,8 @@ def collect_jobs(sweep_dir: Path, metrics_file: str = "metrics.json") -> list[di
         if metrics_path.is_file():
             row["status"] = "ok"
             row.update(json.loads(metrics_path.read_text()))
+        elif (job_dir / "error.txt").is_file():  # the job's one-line report
+            row["error"] = (job_dir / "error.txt").read_text().strip()
         rows.append(row)
     return rows
 
@@ -82,7 +85,7 @@ def print_summary(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     metrics = [name for name in SHOWN_METRICS if any(name in row for row in rows)]
-    fixed = {"job", "status"}
+    fixed = {"job", "status", "error"}
     override_keys: list[str] = []
     for row in rows:
         override_keys += [

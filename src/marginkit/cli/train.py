@@ -6,7 +6,6 @@ that importing this module (and ``python train.py --help``) stays fast.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -15,8 +14,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from marginkit.cli.checkpoint import LAST_CHECKPOINT, resume_checkpoint, resumed_config
 from marginkit.cli.config import (
     ConfigError,
     check_missing,
@@ -24,15 +24,21 @@ from marginkit.cli.config import (
     instantiate_collection,
     instantiate_node,
 )
+from marginkit.cli.console import single_lightning_log
+from marginkit.cli.options import BASELINE_PREFIX, write_metrics
+from marginkit.cli.parallel import SHARDED_HEAD, loss_config, parallel_mode
+from marginkit.cli.preflight import (
+    check_backbone_takes_data,
+    check_loss,
+    check_optimization,
+    check_trainer_limits,
+)
+from marginkit.cli.results import RunFacts, negative_pair_count, print_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning as L
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-LAST_CHECKPOINT = "last.ckpt"
-BASELINE_PREFIX = "baseline/"
 
 
 def _loss_class(cfg: DictConfig) -> type | None:
@@ -90,8 +96,8 @@ def balanced_n_instances(cfg: DictConfig, num_classes: int) -> int:
     return k
 
 
-def _setup_data(cfg: DictConfig) -> Any:
-    datamodule = instantiate_node(cfg, "data")
+def _setup_data(cfg: DictConfig, **overrides: Any) -> Any:
+    datamodule = instantiate_node(cfg, "data", **overrides)
     try:
         datamodule.setup("fit")
     except (ValueError, TypeError, FileNotFoundError) as error:
@@ -100,9 +106,13 @@ def _setup_data(cfg: DictConfig) -> Any:
     return datamodule
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
+def build_module(cfg: DictConfig, loss: dict[str, Any] | None = None) -> L.LightningModule:
     """The model from ``cfg.model`` with the ``backbone``/``loss``/``optimizer``/``scheduler``
-    configs, which it builds and stores in its checkpoints (so a checkpoint rebuilds alone)."""
+    configs, which it builds and stores in its checkpoints (so a checkpoint rebuilds alone).
+
+    ``loss``: the loss config to use instead of ``cfg.loss`` (see
+    :func:`marginkit.cli.parallel.loss_config`).
+    """
     import hydra
 
     from marginkit.models.components import ComponentError, as_plain_config
@@ -116,6 +126,8 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     for part in ("backbone", "loss", "optimizer", "scheduler"):
         node = cfg.get(part)
         kwargs[part] = as_plain_config(node) if node else None
+    if loss is not None:
+        kwargs["loss"] = loss
     try:
         return module_class(**kwargs)
     except ComponentError as error:
@@ -124,134 +136,45 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         raise ConfigError(f"`model` ({target}): {first_line(error)}") from error
 
 
-def _preflight_loss(cfg: DictConfig) -> None:
-    """Build the loss once with a stand-in class count, before the data and Lightning load.
-
-    A bad loss argument (``loss.m=-0.5``) then fails in about the time torch takes to import,
-    not after the training stack and the data are loaded.
-    """
-    if not cfg.get("loss") or ("parallel" in cfg.loss and cfg.loss.parallel == "model"):
-        return
-    probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    if "num_classes" in probe.loss.keys() and OmegaConf.is_missing(probe.loss, "num_classes"):
-        probe.loss.num_classes = 3  # the fewest every head accepts (s="auto" needs 3)
-    with open_dict(probe):
-        for key in LOSS_PARALLEL_KEYS:
-            probe.loss.pop(key, None)
-    if OmegaConf.missing_keys(probe.loss):  # e.g. nested heads: build() fills them in
-        return
-    instantiate_node(probe, "loss")
-
-
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+def build(
+    cfg: DictConfig, probe: Any = None
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the datamodule, the module (backbone + loss head) and the trainer.
 
     The datamodule is set up (``setup("fit")``) first: ``loss.num_classes`` may be left as
-    ``???`` and is filled in (in ``cfg``) from the datamodule's ``num_classes``. Every mistake
-    raises :class:`ConfigError` before any training starts.
+    ``???`` and is filled in from the datamodule's ``num_classes`` (in the module's loss config;
+    ``cfg`` itself is not changed). ``probe``: :func:`check_loss`'s head, if already built.
+    Every mistake raises :class:`ConfigError` before any training starts.
     """
     check_missing(cfg, allowed_missing={"loss.num_classes"})
+    if probe is None:
+        probe = check_loss(cfg)
     balanced = needs_balanced_batches(cfg)
+    n_instances = None
     datamodule = _setup_data(cfg)
     if balanced:  # K depends on the number of training classes, known after setup
-        cfg.data.n_instances = balanced_n_instances(cfg, datamodule.num_classes)
-        log.info("P×K batches for %s: K=%d", cfg.loss._target_, cfg.data.n_instances)
-        datamodule = _setup_data(cfg)
-    num_classes = getattr(datamodule, "num_classes", None)
-    if "num_classes" in cfg.loss.keys():
-        if OmegaConf.is_missing(cfg.loss, "num_classes"):
-            if num_classes is None:
-                raise ConfigError(
-                    "`loss.num_classes` is ??? and the datamodule has no `num_classes`"
-                )
-            cfg.loss.num_classes = num_classes
-        elif num_classes is not None and cfg.loss.num_classes != num_classes:
-            raise ConfigError(
-                f"`loss.num_classes` is {cfg.loss.num_classes} but the data has {num_classes} "
-                "training classes (leave it as ??? to fill it in)"
-            )
-    apply_loss_parallel(cfg)
+        n_instances = balanced_n_instances(cfg, datamodule.num_classes)
+        log.info("P×K batches for %s: K=%d", cfg.loss._target_, n_instances)
+        datamodule = _setup_data(cfg, n_instances=n_instances)
+    loss = loss_config(cfg, getattr(datamodule, "num_classes", None), probe)
     # --- verification targets (insightface's .bin sets): monitor them, evaluate them first.
     from marginkit.cli.targets import has_targets, target_callbacks, target_monitor
 
     if has_targets(datamodule):
         target_monitor(cfg, datamodule)
     # ---
-    module = build_module(cfg)
+    module = build_module(cfg, loss=loss)
+    # Evaluation of the checkpoints uses the same data settings (image size, normalisation...).
+    module.data_config = {
+        **OmegaConf.to_container(cfg.data, resolve=True),
+        **({"n_instances": n_instances} if balanced else {}),
+    }
     callbacks = target_callbacks(datamodule) + instantiate_collection(cfg, "callbacks")
     loggers = instantiate_collection(cfg, "logger")
     if not loggers:  # a learning-rate monitor needs a logger to write to
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer = instantiate_node(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
-
-
-# Keys of the combined-margin loss configs read by the CLI, not by the head's constructor.
-LOSS_PARALLEL_KEYS = ("parallel", "sample_rate")
-
-
-def apply_loss_parallel(cfg: DictConfig) -> None:
-    """``loss.parallel``: ``data`` (replicated head) or ``model`` (class-sharded head).
-
-    ``model`` replaces the head config by the equivalent
-    :class:`~marginkit.losses.ShardedMarginHead` (Partial FC with ``loss.sample_rate``); both
-    keys are removed from ``cfg.loss`` so the head is built from its constructor's arguments.
-    """
-    if not cfg.get("loss") or "parallel" not in cfg.loss:
-        return
-    parallel = cfg.loss.parallel
-    sample_rate = cfg.loss.get("sample_rate", 1.0)
-    plain = OmegaConf.to_container(cfg.loss, resolve=True)
-    for key in LOSS_PARALLEL_KEYS:
-        plain.pop(key, None)
-    if parallel == "model":
-        from marginkit.losses.sharded import sharded_head_config
-
-        try:
-            plain = sharded_head_config(plain, sample_rate)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"`loss.parallel`: {first_line(error)}") from error
-    elif parallel != "data":
-        raise ConfigError(f"`loss.parallel` must be 'data' or 'model', got {parallel!r}")
-    elif sample_rate != 1.0:
-        raise ConfigError("`loss.sample_rate` < 1 (Partial FC) needs `loss.parallel=model`")
-    with open_dict(cfg):
-        cfg.loss = OmegaConf.create(plain)
-
-
-def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=true`` a ``last.ckpt``.
-
-    ``resume=true`` takes ``<run dir>/checkpoints/last.ckpt`` when the run directory has one
-    (a fixed ``run_name`` or ``hydra.run.dir``), otherwise the newest
-    ``<paths.task_dir>/*/checkpoints/last.ckpt`` (the task's latest run).
-    """
-    if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(f"`ckpt_path` {str(path)!r} is not a file")
-        return str(path)
-    if not cfg.get("resume", False):
-        return None
-    own = Path(cfg.paths.output_dir) / "checkpoints" / LAST_CHECKPOINT
-    if own.is_file():
-        return str(own)
-    task_dir = Path(cfg.paths.get("task_dir", Path(cfg.paths.output_dir).parent))
-    candidates = sorted(
-        task_dir.glob(f"*/checkpoints/{LAST_CHECKPOINT}"), key=lambda p: p.stat().st_mtime
-    )
-    if not candidates:
-        raise ConfigError(
-            f"`resume` is true but there is no {LAST_CHECKPOINT} in {own.parent} nor in "
-            f"{task_dir}/*/checkpoints (give `ckpt_path=<file>`)"
-        )
-    return str(candidates[-1])
-
-
-def _strict_json(metrics: dict[str, float]) -> str:
-    # Strict JSON: an undefined metric (e.g. AUC with one kind of pair only) is written as null.
-    finite = {key: value if math.isfinite(value) else None for key, value in metrics.items()}
-    return json.dumps(finite, indent=2, sort_keys=True) + "\n"
 
 
 def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]:
@@ -270,6 +193,32 @@ def _baseline(cfg: DictConfig, datamodule: Any, module: Any) -> dict[str, float]
     return {f"{BASELINE_PREFIX}{name}": value for name, value in results.items()}
 
 
+def _wanted_model(cfg: DictConfig) -> dict[str, Any]:
+    """The backbone and loss configs a checkpoint must have to resume this command's model."""
+    mode, _ = parallel_mode(cfg)
+    wanted = {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True)}
+    if cfg.get("loss"):
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        wanted["loss"] = {"_target_": SHARDED_HEAD} if mode == "model" else loss
+    return wanted
+
+
+def _resumed(cfg: DictConfig, ckpt_path: Any) -> DictConfig:
+    """The run's stored config with the command line on top; recorded in Hydra's output dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return cfg
+    hydra_cfg = HydraConfig.get()
+    resumed = resumed_config(cfg, ckpt_path, list(hydra_cfg.overrides.task))
+    if hydra_cfg.output_subdir:
+        record = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resumed, record)
+    log.info("resuming %s with its stored config and the command line on top", ckpt_path)
+    return resumed
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on the training split, test the best checkpoint, write ``metrics.json``.
 
@@ -281,20 +230,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     # What needs no torch first: these mistakes answer before the training stack loads.
     check_missing(cfg, allowed_missing={"loss.num_classes"})
-    ckpt_path = resolve_checkpoint(cfg)
+    if cfg.get("resume") and not cfg.get("ckpt_path"):
+        ckpt_path = resume_checkpoint(cfg, wanted=_wanted_model(cfg))
+        cfg = _resumed(cfg, ckpt_path)
+    else:
+        ckpt_path = resume_checkpoint(cfg)
+    check_trainer_limits(cfg)
     # A bad loss argument answers once torch is imported, before Lightning and the data load.
-    _preflight_loss(cfg)
+    probe = check_loss(cfg)
+    check_optimization(cfg)
     import lightning as L
     import torch
 
+    single_lightning_log()
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
+    datamodule, module, trainer = build(cfg, probe)
+    check_backbone_takes_data(cfg, module, datamodule)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except ValueError as error:  # a datamodule's check of its keys, raised when a loader is built
+        if str(error).startswith("`"):
+            raise ConfigError(first_line(error)) from error
+        raise
     fit_seconds = time.perf_counter() - started
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -307,39 +269,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             metrics.update(_baseline(cfg, datamodule, module))
     if trainer.is_global_zero:
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / METRICS_FILE).write_text(_strict_json(metrics))
+        path = write_metrics(cfg, metrics)
         print_metrics(
-            metrics, title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s"
+            metrics,
+            title=f"{cfg.loss._target_.rsplit('.', 1)[-1]}: fit in {fit_seconds:.1f} s",
+            facts=_run_facts(cfg, datamodule, module, trainer),
         )
-        log.info("metrics written to %s", output_dir / METRICS_FILE)
+        log.info("metrics written to %s", path)
     return metrics
 
 
-def print_metrics(metrics: dict[str, float], title: str = "metrics") -> None:
-    """Print a table: a row per metric, a column per stage (best val, test, raw baseline)."""
-    from rich.console import Console
-    from rich.table import Table
+def _run_facts(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any) -> RunFacts:
+    """The monitored metric, the best epoch, the pair counts and the checkpoint files."""
+    negatives = {}
+    pairs_of = getattr(datamodule, "verification_pairs", None)
+    for stage in ("val", "test"):
+        pairs = pairs_of(stage) if callable(pairs_of) and module.verification is not False else None
+        if pairs is not None:
+            negatives[stage] = negative_pair_count(pairs)
+    checkpoints = []
+    best = getattr(getattr(trainer, "checkpoint_callback", None), "best_model_path", "")
+    if best:
+        checkpoints.append(("best checkpoint", best))
+    last = Path(cfg.paths.output_dir) / LAST_CHECKPOINT
+    if last.is_file():
+        checkpoints.append(("last checkpoint", str(last)))
+    return RunFacts(module.monitor, module.best_val_epoch, negatives, checkpoints)
 
-    columns = [("val", "best val"), ("test", "test"), ("baseline", "raw inputs (test)")]
-    names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
-    stages = [(s, h) for s, h in columns if any(k.startswith(f"{s}/") for k in metrics)]
-    table = Table(title=title)
-    table.add_column("metric")
-    for _, header in stages:
-        table.add_column(header, justify="right")
-    for name in names:
-        cells = []
-        for stage, _ in stages:
-            value = metrics.get(f"{stage}/{name}")
-            cells.append("" if value is None else f"{value:.4f}")
-        table.add_row(name, *cells)
-    Console().print(table)
+
+ERROR_FILE = "error.txt"
+
+
+def _failed(cfg: DictConfig, message: str, code: int) -> float:
+    """Report a failed run in one line; in a sweep, record it and let the other jobs run."""
+    print(message, file=sys.stderr)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ERROR_FILE).write_text(message + "\n")
+    except Exception:  # no run directory to write to: the line above is the report
+        pass
+    if multirun:  # the sweep summary marks this job failed (NaN: a failed Optuna trial)
+        return math.nan
+    raise SystemExit(code)
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Entry point for ``train.py``: train, and turn config mistakes into one line + exit 2.
+    """Entry point for ``train.py``: train; a mistake or a stop is one line and an exit code.
+
+    A config mistake exits 2, a training stop (a non-finite loss) exits 1. In a sweep
+    (``-m``) a failed job writes ``error.txt`` in its directory instead and the sweep goes on
+    (its ``summary.csv`` marks the job failed).
 
     Returns the monitored validation metric (what a Hydra sweeper optimises), or ``None``.
     """
@@ -351,7 +335,15 @@ def run(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return _failed(cfg, f"config error: {error}", code=2)
+    except FloatingPointError as error:  # the non-finite loss stop
+        return _failed(cfg, f"training stopped: {first_line(error)}", code=1)
+    except Exception as error:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        return _failed(cfg, f"failed: {type(error).__name__}: {first_line(error)}", code=1)
     value = metrics.get(cfg.model.get("monitor", ""))
     return None if value is None or not math.isfinite(value) else value

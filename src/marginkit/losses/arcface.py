@@ -99,6 +99,15 @@ class ArcFaceLoss(AngularMarginLoss):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m={self.m:g}, easy_margin={self.easy_margin}"
 
+    def combined_margin(self) -> tuple[float, float, float, str]:
+        """This head's target logit as insightface's combined margin ``(m1, m2, m3, fallback)``.
+
+        ``s·(cos(m1·θ + m2) − m3)`` with ``fallback`` the ``margin_fallback`` of
+        :func:`marginkit.ops.combined_margin_logit`: what a class-sharded
+        :class:`~marginkit.losses.ShardedMarginHead` needs to compute the same loss.
+        """
+        return (1.0, self.m, 0.0, self.margin_fallback)
+
 
 class ArcFaceLossWithMLP(nn.Module):
     r"""ArcFace on an MLP projection of the embeddings; the MLP is dropped at inference.

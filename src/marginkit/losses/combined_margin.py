@@ -168,3 +168,12 @@ class CombinedMarginHead(AngularMarginLoss):
             f"{super().extra_repr()}, m1={self.m1:g}, m2={self.m2:g}, m3={self.m3:g}, "
             f"margin_fallback={self.margin_fallback!r}"
         )
+
+    def combined_margin(self) -> tuple[float, float, float, str]:
+        """This head's target logit as insightface's combined margin ``(m1, m2, m3, fallback)``.
+
+        ``s·(cos(m1·θ + m2) − m3)`` with ``fallback`` the ``margin_fallback`` of
+        :func:`marginkit.ops.combined_margin_logit`: what a class-sharded
+        :class:`~marginkit.losses.ShardedMarginHead` needs to compute the same loss.
+        """
+        return (self.m1, self.m2, self.m3, self.margin_fallback)

@@ -45,3 +45,12 @@ class NormFaceLoss(AngularMarginLoss):
         super().__init__(
             in_features, num_classes, s=s, reduction=reduction, memory_efficient=memory_efficient
         )
+
+    def combined_margin(self) -> tuple[float, float, float, str]:
+        """This head's target logit as insightface's combined margin ``(m1, m2, m3, fallback)``.
+
+        ``s·(cos(m1·θ + m2) − m3)`` with ``fallback`` the ``margin_fallback`` of
+        :func:`marginkit.ops.combined_margin_logit`: what a class-sharded
+        :class:`~marginkit.losses.ShardedMarginHead` needs to compute the same loss.
+        """
+        return (1.0, 0.0, 0.0, "none")

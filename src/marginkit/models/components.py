@@ -21,12 +21,6 @@ class ComponentError(ValueError):
     """
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
 def as_plain_config(config: Any) -> dict[str, Any]:
     """Return ``config`` (a mapping or an OmegaConf node) as a plain, resolved ``dict``.
 
@@ -90,14 +84,13 @@ def instantiate_component(name: str, config: Mapping[str, Any]) -> Any:
     """
     import hydra
 
+    from marginkit.cli.config import first_line, root_cause
+
     target = config.get("_target_", "?")
     try:
         return hydra.utils.instantiate(dict(config), _convert_="all")
     except Exception as error:
-        cause = _root_cause(error)
-        text = str(cause).strip()
-        message = text.splitlines()[0] if text else type(cause).__name__
-        raise ComponentError(f"`{name}` ({target}): {message}") from error
+        raise ComponentError(f"`{name}` ({target}): {first_line(root_cause(error))}") from error
 
 
 def describe_component(config: Mapping[str, Any] | None, fallback: str) -> str:

@@ -35,6 +35,10 @@ SchedulerFactory = Callable[..., Any]
 NONFINITE_LOSS_ACTIONS = ("raise", "skip")
 # Checkpoint key of a one-line description of the model that wrote it (for mismatch errors).
 _DESCRIPTION_KEY = "marginkit_model"
+# Checkpoint keys of what evaluating the model needs besides its weights: the data config it
+# was trained with (image size, crop, normalisation, channels) and the shape of one input.
+_DATA_KEY = "marginkit_data"
+_INPUT_SHAPE_KEY = "marginkit_input_shape"
 _NO_CONFIG = (
     "this checkpoint was saved from an EmbeddingModule built from module objects, so it "
     "cannot rebuild them: pass `backbone=` and `loss=` to `load_from_checkpoint`, or build the "
@@ -60,8 +64,15 @@ class EmbeddingModule(L.LightningModule):
     The numbers do not depend on the batch size or the order of the batches. Evaluation batches
     are ``(inputs, labels, indices)`` with the items' dataset indices (or ``(inputs, labels)``:
     then single-process order is used and DDP duplicates cannot be detected). The validation
-    values of the epoch with the best ``monitor`` value are kept in :attr:`best_val_metrics`,
+    values of the epoch with the best ``monitor`` value are kept in :attr:`best_val_metrics`
+    (that epoch in :attr:`best_val_epoch`),
     the test values in :attr:`test_metrics`, the evaluated items in :attr:`evaluated`.
+
+    Checkpoints also carry what evaluating the model needs: :attr:`input_shape` (one input
+    item's shape, recorded at the first training or evaluation batch) and :attr:`data_config`
+    (the data settings it was trained with, set by the CLI), restored by
+    ``load_from_checkpoint``. They load in one process in both the per-shard form of a
+    model-parallel head and the merged one (``python -m marginkit.distributed.checkpoint merge``).
 
     The parts can be modules or ``_target_`` configs (mappings, the Hydra convention). Built
     from configs, the module stores them in its checkpoints, and
@@ -154,11 +165,15 @@ class EmbeddingModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.best_val_metrics: dict[str, float] = {}
+        self.best_val_epoch: int | None = None
         self.test_metrics: dict[str, float] = {}
         self.evaluated: dict[str, EvaluationItems] = {}
         self._outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
         self._last_finite_loss: tuple[Tensor, int] | None = None
         self._skipped_batches = 0
+        # What evaluation needs besides the weights, stored in checkpoints (plain containers).
+        self.data_config: dict[str, Any] | None = None
+        self.input_shape: tuple[int, ...] | None = None
 
     @staticmethod
     def _part(name: str, part: Any, module: bool) -> tuple[Any, dict[str, Any] | None]:
@@ -229,8 +244,13 @@ class EmbeddingModule(L.LightningModule):
         names = getattr(self.loss, "sharded_parameter_names", ())
         return {id(getattr(self.loss, name)) for name in names}
 
+    def _record_input_shape(self, inputs: Tensor) -> None:
+        if self.input_shape is None and isinstance(inputs, Tensor) and inputs.ndim >= 2:
+            self.input_shape = tuple(int(size) for size in inputs.shape[1:])
+
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         inputs, labels = batch[0], batch[1]
+        self._record_input_shape(inputs)
         loss = self.loss(self.backbone(inputs), labels)
         if not bool(torch.isfinite(loss.detach()).all()):
             return self._nonfinite_loss(loss, batch_idx)
@@ -272,6 +292,7 @@ class EmbeddingModule(L.LightningModule):
     # ------------------------------------------------------------------------------------
     def _evaluation_step(self, batch: Sequence[Tensor], stage: str) -> None:
         inputs, labels = batch[0], batch[1]
+        self._record_input_shape(inputs)
         indices = batch[2] if len(batch) > 2 else None
         embeddings = self.backbone(inputs).detach().float()
         self._outputs.setdefault(stage, []).append(
@@ -353,6 +374,7 @@ class EmbeddingModule(L.LightningModule):
             )
             if improved and math.isfinite(value):
                 self.best_val_metrics = results
+                self.best_val_epoch = int(self.current_epoch)
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._evaluation_results("test")
@@ -370,7 +392,12 @@ class EmbeddingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_metrics"] = dict(self.best_val_metrics)
+        checkpoint["best_val_epoch"] = self.best_val_epoch
         checkpoint[_DESCRIPTION_KEY] = self.describe()
+        if self.data_config is not None:
+            checkpoint[_DATA_KEY] = self.data_config
+        if self.input_shape is not None:
+            checkpoint[_INPUT_SHAPE_KEY] = list(self.input_shape)
         self._drop_sharded_optimizer_state(checkpoint)
 
     def _drop_sharded_optimizer_state(self, checkpoint: dict[str, Any]) -> None:
@@ -393,13 +420,25 @@ class EmbeddingModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_fits(checkpoint)
         self.best_val_metrics = dict(checkpoint.get("best_val_metrics", {}))
+        self.best_val_epoch = checkpoint.get("best_val_epoch")
+        if checkpoint.get(_DATA_KEY) is not None:
+            self.data_config = dict(checkpoint[_DATA_KEY])
+        if checkpoint.get(_INPUT_SHAPE_KEY) is not None:
+            self.input_shape = tuple(int(size) for size in checkpoint[_INPUT_SHAPE_KEY])
 
     def _check_checkpoint_fits(self, checkpoint: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming both models if the checkpoint's weights do not fit."""
+        """Raise ``ValueError`` naming both models if the checkpoint's weights do not fit.
+
+        Class weights saved per shard (``weight_shards.<r>``) are compared merged, on both
+        sides: a model-parallel head loads the per-shard and the merged form for any world size.
+        """
+        from marginkit.distributed.checkpoint import merge_shards
+
         stored = checkpoint.get("state_dict")
         if stored is None:
             return
-        own = self.state_dict()
+        stored = merge_shards(stored)
+        own = merge_shards(self.state_dict())
         missing = sorted(set(own) - set(stored))
         unexpected = sorted(set(stored) - set(own))
         mismatched = [
