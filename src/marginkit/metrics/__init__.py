@@ -1,7 +1,29 @@
-"""Retrieval and verification metrics (torchmetrics classes) and their functional twins."""
+"""Retrieval and verification metrics (torchmetrics classes) and their functional twins.
 
-from marginkit.metrics import functional
-from marginkit.metrics.retrieval import RetrievalMetrics
-from marginkit.metrics.verification import VerificationMetrics
+The names load on first use (PEP 562), so that :mod:`marginkit.metrics.direction` — read by the
+command line before torch loads — imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "RetrievalMetrics": "marginkit.metrics.retrieval",
+    "VerificationMetrics": "marginkit.metrics.verification",
+}
 
 __all__ = ["RetrievalMetrics", "VerificationMetrics", "functional"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "functional":
+        return importlib.import_module("marginkit.metrics.functional")
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'marginkit.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
