@@ -81,6 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     retrieval = check_flag(cfg, "eval.retrieval")
     verification = _check_verification(cfg)
     baseline = check_flag(cfg, "eval.baseline")
+    plot = check_flag(cfg, "plot")
     if not retrieval and verification is False:
         raise ConfigError("`eval.retrieval` and `eval.verification` are both false: nothing to do")
     check_embedding_config(cfg)  # before the slower checks below
@@ -114,6 +115,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / METRICS_FILE).write_text(_strict_json(metrics))
     print_metrics(metrics, title=_title(cfg, items, pairs))
+    if plot:  # retrieval.png, cmc.png, roc.png beside metrics.json
+        from marginkit.cli.plots import write_plots
+
+        write_plots(output_dir, items, datamodule, split, pairs, far_targets, cfg.get("seed", 0))
     log.info("%s; metrics written to %s", describe(module), output_dir / METRICS_FILE)
     return metrics
 
