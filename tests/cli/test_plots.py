@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -51,3 +53,48 @@ def test_seeds_are_averaged_per_setting_with_the_sample_std():
         assert row["n"] == 3
         np.testing.assert_allclose(row["test/map@r"], np.mean(values[row["loss"]]))
         np.testing.assert_allclose(row["test/map@r/std"], np.std(values[row["loss"]], ddof=1))
+
+
+@pytest.mark.slow
+def test_eval_with_plot_true_writes_the_pngs_beside_metrics_json(tmp_path):
+    """eval.py's config path end to end: a digits checkpoint, plot=true, three PNGs."""
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+
+    from marginkit import EmbeddingModule
+    from marginkit.cli.config import register_resolvers
+    from marginkit.cli.evaluate import evaluate
+    from marginkit.data import DigitsDataModule
+
+    L.seed_everything(0, verbose=False)
+    module = EmbeddingModule(
+        {
+            "_target_": "marginkit.models.backbones.MLP",
+            "in_features": 64,
+            "hidden": [],
+            "embedding_dim": 16,
+        },
+        {"_target_": "marginkit.losses.ArcFaceLoss", "in_features": 16, "num_classes": 6, "s": 16},
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=DigitsDataModule())
+    ckpt = tmp_path / "best.ckpt"
+    trainer.save_checkpoint(ckpt)
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[f"ckpt_path={ckpt}", "plot=true", f"paths.output_dir={tmp_path / 'eval'}"],
+        )
+    evaluate(cfg)
+    written = sorted(p.name for p in (tmp_path / "eval").iterdir())
+    assert {"metrics.json", "retrieval.png", "cmc.png", "roc.png"} <= set(written)
