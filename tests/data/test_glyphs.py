@@ -139,6 +139,20 @@ def test_splits_are_class_disjoint_and_seeded(cache, glyphs):
     )
 
 
+def test_class_names_name_each_split_s_labels(cache, glyphs):
+    dm = _datamodule(cache)
+    held_out = set(dm.labels("val").tolist()) | set(dm.labels("test").tolist())
+    train_rows = ~np.isin(glyphs.labels, sorted(held_out))  # the training images, in order
+    names = dm.class_names("train")
+    assert len(names) == dm.num_classes
+    for row, label in enumerate(dm.labels("train").tolist()):
+        assert names[label] == glyphs.classes[glyphs.labels[train_rows][row]]
+    test_names = dm.class_names("test")
+    assert [test_names[c] for c in dm.labels("test").tolist()[:50]] == [
+        glyphs.classes[c] for c in dm.labels("test").tolist()[:50]
+    ]
+
+
 def test_training_items_are_fresh_views_and_clean_without_augment(cache, glyphs):
     dm = _datamodule(cache)
     first, _ = dm.datasets["train"][3]

@@ -240,6 +240,7 @@ class GlyphsDataModule(EmbeddingDataModule):
         self._train_labels = remap[classes[train_mask]]
         self._num_classes = len(split_classes["train"])
         self._labels["train"] = self._train_labels
+        self._train_classes = split_classes["train"]
         self.datasets["train"] = _AugmentedGlyphs(
             train_images.unsqueeze(1), self._train_labels, mean, std, self.augment
         )
@@ -258,6 +259,18 @@ class GlyphsDataModule(EmbeddingDataModule):
         """The labels of split ``stage``: remapped ids for ``"train"``, global class ids otherwise."""
         self._dataset(stage)
         return self._labels[stage]
+
+    def class_names(self, stage: str) -> list[str]:
+        """The characters of each label of split ``stage`` (homoglyphs merged: ``"BΒВ"``).
+
+        ``class_names(stage)[label]`` names a label of that split: training labels are remapped
+        ids, evaluation labels global class ids (so the list holds every class).
+        """
+        self._dataset(stage)
+        assert self.glyphs is not None
+        if stage == "train":
+            return [self.glyphs.classes[c] for c in self._train_classes.tolist()]
+        return list(self.glyphs.classes)
 
     def _raw_features(self, stage: str) -> Tensor:
         return self._raw[stage]
