@@ -1,4 +1,8 @@
-"""Every notebook runs top to bottom against the installed package, and is stored stripped."""
+"""Every notebook runs top to bottom against the installed package, and is stored stripped.
+
+The kernels run in the notebooks' small-budget mode (``MARGINKIT_NOTEBOOK_QUICK=1``, which each
+notebook that trains explains) with the glyph renders cached in a temporary directory.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ def test_notebook_is_stripped(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MARGINKIT_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("MARGINKIT_CACHE_DIR", str(tmp_path / "cache"))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook,

@@ -103,6 +103,8 @@ def _experiment_overrides(experiment: str, tmp_path: Path) -> list[str]:
             "trainer=cpu",
             "trainer.precision=32-true",
         ]
+    if experiment.startswith("glyphs"):  # the ASCII glyphs, small, cached in the test's folder
+        return ["data.max_code_point=126", "data.image_size=16", f"data.cache_dir={tmp_path}/cache"]
     root = _image_folder(tmp_path / "images")
     tiny_images = [
         f"data.root={root}",

@@ -79,6 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     retrieval = check_flag(cfg, "eval.retrieval")
     verification = _check_verification(cfg)
     baseline = check_flag(cfg, "eval.baseline")
+    plot = check_flag(cfg, "plot")
     if not retrieval and verification is False:
         raise ConfigError("`eval.retrieval` and `eval.verification` are both false: nothing to do")
     check_embedding_config(cfg)  # before the slower checks below
@@ -115,6 +116,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         checkpoints=[("checkpoint", str(resolve_checkpoint(cfg.ckpt_path)))],
     )
     print_metrics(metrics, title=_title(cfg, items, pairs), facts=facts)
+    if plot:  # retrieval.png, cmc.png, roc.png beside metrics.json
+        from marginkit.cli.plots import write_plots
+
+        write_plots(path.parent, items, datamodule, split, pairs, far_targets, cfg.get("seed", 0))
     log.info("%s; metrics written to %s", describe(module), path)
     return metrics
 

@@ -1,7 +1,8 @@
 """A Hydra callback that sums up a multirun: every job's overrides and metrics in one table.
 
 Configured in ``conf/hydra/default.yaml``; after ``python train.py -m loss=arcface,cosface
-loss.m=0.3,0.5`` the sweep directory holds ``summary.csv`` and the table is printed.
+loss.m=0.3,0.5`` the sweep directory holds ``summary.csv`` and the table is printed. A sweep
+over ``seed`` also gets ``summary_over_seeds.csv`` and a table of mean ± std per setting.
 """
 
 from __future__ import annotations
@@ -117,6 +118,71 @@ def print_summary(rows: list[dict[str, Any]], title: str) -> None:
     console.print(table)
 
 
+def aggregate_over_seeds(
+    rows: list[dict[str, Any]], metrics: tuple[str, ...] = SHOWN_METRICS, key: str = "seed"
+) -> list[dict[str, Any]]:
+    """Group the finished jobs by their overrides other than ``key``: mean ± std of ``metrics``.
+
+    One row per group, in first-seen order: the group's overrides, ``n`` (the jobs with
+    metrics) and, per metric, ``<name>`` (the mean) and ``<name>/std`` (the sample standard
+    deviation, ``ddof=1``; 0 for one job).
+
+    Example:
+        >>> rows = [{"job": "0", "status": "ok", "loss": "arcface", "seed": "0", "test/map@r": 0.5},
+        ...         {"job": "1", "status": "ok", "loss": "arcface", "seed": "1", "test/map@r": 0.7}]
+        >>> [(r["loss"], r["n"], round(r["test/map@r"], 3), round(r["test/map@r/std"], 3))
+        ...  for r in aggregate_over_seeds(rows)]
+        [('arcface', 2, 0.6, 0.141)]
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        overrides = tuple(
+            (name, str(value))
+            for name, value in row.items()
+            if name not in ("job", "status", key) and "/" not in name
+        )
+        groups.setdefault(overrides, []).append(row)
+    summary = []
+    for overrides, members in groups.items():
+        entry: dict[str, Any] = dict(overrides) | {"n": len(members)}
+        for name in metrics:
+            values = [float(m[name]) for m in members if m.get(name) is not None]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            spread = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+            entry[name], entry[f"{name}/std"] = mean, spread**0.5
+        summary.append(entry)
+    return summary
+
+
+def print_seed_summary(summary: list[dict[str, Any]], title: str) -> None:
+    """Print :func:`aggregate_over_seeds`'s rows as a Rich table of ``mean ± std``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = [name for name in SHOWN_METRICS if any(name in row for row in summary)]
+    keys: list[str] = []
+    for row in summary:
+        keys += [k for k in row if "/" not in k and k != "n" and k not in keys]
+    keys = [k for k in keys if len({str(row.get(k)) for row in summary}) > 1] or keys[:1]
+    table = Table(title=title)
+    for column in [*keys, "n", *metrics]:
+        table.add_column(column, justify="left" if column in keys else "right")
+    for row in summary:
+        cells = [_short(row.get(k, "")) for k in keys] + [str(row["n"])]
+        for name in metrics:
+            mean, std = row.get(name), row.get(f"{name}/std")
+            cells.append("" if mean is None else f"{mean:.4f} ± {std:.4f}")
+        table.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+
+
 def _short(value: object) -> str:
     """A sweep value as printed: floats with 4 significant digits."""
     try:
@@ -148,3 +214,9 @@ class SweepSummary(Callback):
         write_summary(rows, path)
         print_summary(rows, title=f"sweep {sweep_dir} ({len(rows)} jobs)")
         log.info("sweep summary written to %s", path)
+        over_seeds = aggregate_over_seeds(rows)
+        if any(row["n"] > 1 for row in over_seeds):  # a sweep over seeds: mean ± std per setting
+            seeds_path = path.with_name(f"{path.stem}_over_seeds{path.suffix}")
+            write_summary(over_seeds, seeds_path)
+            print_seed_summary(over_seeds, title="mean ± std over seeds")
+            log.info("mean ± std over seeds written to %s", seeds_path)

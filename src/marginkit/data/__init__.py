@@ -7,6 +7,7 @@ baseline.
 
 from marginkit.data.base import EmbeddingDataModule
 from marginkit.data.digits import DigitsDataModule
+from marginkit.data.glyphs import GlyphsDataModule, augment_glyphs
 from marginkit.data.image_folder import ImageFolderDataModule
 from marginkit.data.insightface import InsightFaceDataModule
 from marginkit.data.pairs import (
@@ -23,11 +24,13 @@ __all__ = [
     "BalancedBatchSampler",
     "DigitsDataModule",
     "EmbeddingDataModule",
+    "GlyphsDataModule",
     "ImageFolderDataModule",
     "InsightFaceDataModule",
     "Pair",
     "SyntheticDataModule",
     "VerificationPairs",
+    "augment_glyphs",
     "pair_file_folds",
     "read_pairs",
     "sample_pairs",

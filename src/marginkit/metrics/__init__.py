@@ -1,4 +1,5 @@
-"""Retrieval and verification metrics (torchmetrics classes) and their functional twins.
+"""Retrieval and verification metrics (torchmetrics classes), their functional twins, and
+:func:`plot_retrieval` (queries and their nearest items).
 
 The names load on first use (PEP 562), so that :mod:`marginkit.metrics.direction` — read by the
 command line before torch loads — imports nothing heavy.
@@ -12,9 +13,11 @@ from typing import Any
 _HOMES = {
     "RetrievalMetrics": "marginkit.metrics.retrieval",
     "VerificationMetrics": "marginkit.metrics.verification",
+    "nearest_items": "marginkit.metrics.retrieval_plot",
+    "plot_retrieval": "marginkit.metrics.retrieval_plot",
 }
 
-__all__ = ["RetrievalMetrics", "VerificationMetrics", "functional"]
+__all__ = ["RetrievalMetrics", "VerificationMetrics", "functional", "nearest_items", "plot_retrieval"]
 
 
 def __getattr__(name: str) -> Any:
