@@ -127,6 +127,9 @@ def check_backbone_takes_data(cfg: DictConfig, module: Any, datamodule: Any) -> 
             raise ConfigError(first_line(error)) from error
         raise
     inputs = first_inputs(loader)
+    # The batch as the module sees it: datamodules that normalise on the device (insightface's
+    # uint8 channels-last batches) do it in on_after_batch_transfer.
+    inputs = datamodule.on_after_batch_transfer([inputs], 0)[0]
     backbone = cfg.get("backbone") or {}
     was_training = module.training
     module.eval()

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
@@ -67,14 +66,6 @@ def target_callbacks(datamodule: Any) -> list[Any]:
     return [VerificationTargets(every_n_steps=getattr(datamodule, "val_every_n_steps", None))]
 
 
-def _load_module(cfg: DictConfig) -> Any:
-    try:
-        from marginkit.cli.checkpoint import load_module  # type: ignore[attr-defined]
-    except ImportError:
-        from marginkit.cli.embed import load_module
-    return load_module(cfg)
-
-
 def evaluate_targets_from_config(cfg: DictConfig) -> dict[str, float]:
     """eval.py on data with targets: score every target, print the table, write metrics.json.
 
@@ -83,10 +74,11 @@ def evaluate_targets_from_config(cfg: DictConfig) -> dict[str, float]:
     """
     import torch
 
-    from marginkit.cli.train import METRICS_FILE, _strict_json
+    from marginkit.cli.checkpoint import load_module
+    from marginkit.cli.options import write_metrics
     from marginkit.models.verification_targets import evaluate_targets
 
-    module = _load_module(cfg)
+    module = load_module(cfg)
     datamodule = instantiate_node(cfg, "data")
     try:
         datamodule.setup("validate")
@@ -98,11 +90,9 @@ def evaluate_targets_from_config(cfg: DictConfig) -> dict[str, float]:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         module = module.cuda()
     metrics = evaluate_targets(module.backbone, datamodule, tuple(module.far_targets))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / METRICS_FILE).write_text(_strict_json(metrics))
+    path = write_metrics(cfg, metrics)
     print_target_table(metrics)
-    log.info("metrics written to %s", output_dir / METRICS_FILE)
+    log.info("metrics written to %s", path)
     return metrics
 
 
