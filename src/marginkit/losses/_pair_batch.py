@@ -63,6 +63,18 @@ def lse_or_zero(lse: Tensor) -> Tensor:
     return torch.where(torch.isinf(lse) & (lse < 0), torch.zeros_like(lse), lse)
 
 
+def log_add_exp(first: Tensor, second: Tensor) -> Tensor:
+    """``logaddexp`` that is −inf with gradient 0 (not NaN) where both sets are empty (−inf).
+
+    Example:
+        >>> log_add_exp(torch.tensor([0.0, -torch.inf]), torch.tensor([0.0, -torch.inf]))
+        tensor([0.6931,   -inf])
+    """
+    empty = torch.isneginf(first) & torch.isneginf(second)
+    combined = torch.logaddexp(first.masked_fill(empty, 0.0), second.masked_fill(empty, 0.0))
+    return combined.masked_fill(empty, float("-inf"))
+
+
 def check_reducer(reducer: object, default: str) -> str:
     """``reducer`` (``None``: the loss's PML default) checked against :data:`REDUCERS`."""
     if reducer is None:

@@ -14,6 +14,7 @@ from marginkit.losses._pair_batch import (
     PairLoss,
     check_distance,
     check_reducer,
+    log_add_exp,
     lse_or_zero,
 )
 from marginkit.ops.masked_similarity import Exponent
@@ -91,7 +92,7 @@ class LiftedStructureLoss(PairLoss):
         if len(anchors) == 0 or not bool((reductions.n_neg > 0).any()):
             return batch.embeddings.new_zeros(0)
         negatives = lse_or_zero(
-            torch.logaddexp(reductions.lse_neg[anchors], reductions.lse_neg[positives])
+            log_add_exp(reductions.lse_neg[anchors], reductions.lse_neg[positives])
         )
         positive = pos_exponent.scale * (batch.pair_values(anchors, positives) - self.pos_margin)
         return torch.relu(negatives + positive).square() / 2.0

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from marginkit.losses._pair_batch import PairBatch, PairLoss, check_distance, check_reducer
+from marginkit.losses._pair_batch import (
+    PairBatch,
+    PairLoss,
+    check_distance,
+    check_reducer,
+    log_add_exp,
+)
 from marginkit.ops.masked_similarity import Exponent, masked_similarity_reductions
 
 
@@ -84,4 +90,4 @@ class NPairsLoss(PairLoss):
             neg_exponent=Exponent(sign),
         )
         self.log_pairs(reductions)
-        return torch.logaddexp(reductions.lse_pos, reductions.lse_neg) - sign * reductions.sum_pos
+        return log_add_exp(reductions.lse_pos, reductions.lse_neg) - sign * reductions.sum_pos

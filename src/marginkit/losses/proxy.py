@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marginkit._validation import check_finite_number, check_label_range, check_positive_int
-from marginkit.losses._pair_batch import check_distance, check_reducer, reduce_losses
+from marginkit.losses._pair_batch import (
+    check_distance,
+    check_reducer,
+    log_add_exp,
+    reduce_losses,
+)
 from marginkit.miners._inputs import check_features_and_labels
 from marginkit.ops.masked_similarity import Exponent, masked_similarity_reductions
 
@@ -268,7 +273,7 @@ class ProxyNCALoss(_ProxyLoss):
             pos_exponent=Exponent(scale),
             neg_exponent=Exponent(scale),
         )
-        losses = torch.logaddexp(reductions.lse_pos, reductions.lse_neg) - reductions.lse_pos
+        losses = log_add_exp(reductions.lse_pos, reductions.lse_neg) - reductions.lse_pos
         weights = _miner_weights(indices_tuple, labels, losses.dtype, anchors_only=True)
         if weights is not None:
             losses = losses * weights

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from marginkit._validation import check_finite_number
-from marginkit.losses._pair_batch import PairBatch, PairLoss, check_distance, check_reducer
+from marginkit.losses._pair_batch import (
+    PairBatch,
+    PairLoss,
+    check_distance,
+    check_reducer,
+    log_add_exp,
+)
 from marginkit.ops.masked_similarity import Exponent
 
 
@@ -63,7 +69,7 @@ class SupConLoss(PairLoss):
         n_pos = reductions.n_pos
         if not (bool((n_pos > 0).any()) and bool((reductions.n_neg > 0).any())):
             return batch.embeddings.new_zeros(0)
-        lse_all = torch.logaddexp(reductions.lse_pos, reductions.lse_neg)
+        lse_all = log_add_exp(reductions.lse_pos, reductions.lse_neg)
         losses = lse_all - scale * reductions.sum_pos / n_pos.clamp_min(1.0)
         return torch.where(n_pos > 0, losses, 0.0)
 
