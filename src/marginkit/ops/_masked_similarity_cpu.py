@@ -54,9 +54,10 @@ def similarity_value(dots: Tensor, distance: str) -> tuple[Tensor, Tensor]:
     """
     if distance == "cosine":
         return dots, torch.ones_like(dots)
-    squared = torch.clamp_min(2.0 - 2.0 * dots, 0.0)
-    if distance == "squared_euclidean":
-        return squared, torch.where(squared > 0.0, -2.0, 0.0).to(dots.dtype)
+    unclamped = 2.0 - 2.0 * dots
+    squared = torch.clamp_min(unclamped, 0.0)
+    if distance == "squared_euclidean":  # torch's clamp_min derivative: 1 down to the bound
+        return squared, torch.where(unclamped >= 0.0, -2.0, 0.0).to(dots.dtype)
     above = squared > SQUARED_DISTANCE_FLOOR
     root = torch.where(above, squared.clamp_min(SQUARED_DISTANCE_FLOOR).sqrt(), 0.0)
     return root, torch.where(above, -1.0 / root.clamp_min(math.sqrt(SQUARED_DISTANCE_FLOOR)), 0.0)

@@ -60,9 +60,10 @@ def _value_and_slope(dots, DISTANCE: tl.constexpr, FLOOR: tl.constexpr):
     """``(v, dv/dg)``: the cosine, or the (squared) Euclidean distance of unit vectors."""
     if DISTANCE == 0:
         return dots, dots * 0.0 + 1.0
-    squared = tl.maximum(2.0 - 2.0 * dots, 0.0)
+    unclamped = 2.0 - 2.0 * dots
+    squared = tl.maximum(unclamped, 0.0)
     if DISTANCE == 2:
-        return squared, tl.where(squared > 0.0, -2.0, 0.0)
+        return squared, tl.where(unclamped >= 0.0, -2.0, 0.0)
     above = squared > FLOOR
     root = tl.sqrt(tl.maximum(squared, FLOOR))
     return tl.where(above, root, 0.0), tl.where(above, -1.0 / root, 0.0)
