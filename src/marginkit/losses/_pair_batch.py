@@ -286,12 +286,15 @@ class PairLoss(nn.Module):
     """Base of the similarity pair losses: PML's call signature, the batch, ``last_logs``.
 
     Subclasses set :meth:`compute` (per-element losses of a :class:`PairBatch`), and the class
-    attributes ``count_repeats`` (pair-based losses) and ``default_reducer``.
+    attributes ``count_repeats`` (pair-based losses) and ``supports_references`` (``False``
+    for the losses that take no ``ref_embeddings``).
     """
 
     requires_balanced_batches = True
     min_instances_per_class = 2
     count_repeats = False
+    supports_references = True
+    references_note = ""
 
     def __init__(self, distance: str, reducer: str) -> None:
         super().__init__()
@@ -309,6 +312,11 @@ class PairLoss(nn.Module):
         ref_labels: Tensor | None = None,
     ) -> Tensor:
         """Return the reduced loss of the batch (see the class docstring)."""
+        if not self.supports_references and (ref_embeddings is not None or ref_labels is not None):
+            raise ValueError(
+                f"{type(self).__name__}: `ref_embeddings` / `ref_labels` are not supported"
+                f"{self.references_note}"
+            )
         return self.loss_of(
             pair_batch(
                 embeddings,

@@ -61,6 +61,8 @@ class LiftedStructureLoss(PairLoss):
     """
 
     count_repeats = True
+    supports_references = False
+    references_note = " (the negatives of a positive pair's second end are rows of the batch)"
 
     def __init__(
         self,
@@ -72,17 +74,6 @@ class LiftedStructureLoss(PairLoss):
         super().__init__(check_distance(distance), check_reducer(reducer, "mean"))
         self.neg_margin = check_finite_number("neg_margin", neg_margin)
         self.pos_margin = check_finite_number("pos_margin", pos_margin)
-
-    def forward(
-        self, embeddings, labels, *, indices_tuple=None, ref_embeddings=None, ref_labels=None
-    ):
-        """Return the lifted structure loss of the batch ``embeddings`` (B, D) with ``labels``."""
-        if ref_embeddings is not None or ref_labels is not None:
-            raise ValueError(
-                "LiftedStructureLoss: `ref_embeddings` / `ref_labels` are not supported (the "
-                "negatives of a positive pair's second end are rows of the batch)"
-            )
-        return super().forward(embeddings, labels, indices_tuple=indices_tuple)
 
     def compute(self, batch: PairBatch) -> Tensor:
         pos_exponent, neg_exponent = _margins(batch, self.pos_margin, self.neg_margin)

@@ -48,22 +48,11 @@ class NPairsLoss(PairLoss):
         0.3133
     """
 
-    requires_balanced_batches = True
-    min_instances_per_class = 2
+    supports_references = False
+    references_note = " (PML's ref_not_supported)"
 
     def __init__(self, distance: str = "cosine", reducer: str | None = None) -> None:
         super().__init__(check_distance(distance), check_reducer(reducer, "mean"))
-
-    def forward(
-        self, embeddings, labels, *, indices_tuple=None, ref_embeddings=None, ref_labels=None
-    ):
-        """Return the N-pair loss of the batch ``embeddings`` (B, D) with class ``labels`` (B,)."""
-        if ref_embeddings is not None or ref_labels is not None:
-            raise ValueError(
-                "NPairsLoss: `ref_embeddings` / `ref_labels` are not supported (PML's "
-                "ref_not_supported)"
-            )
-        return super().forward(embeddings, labels, indices_tuple=indices_tuple)
 
     def compute(self, batch: PairBatch) -> Tensor:
         anchors, positives = batch.positive_pairs()
