@@ -243,6 +243,7 @@ def test_opcheck(masks, dtype):
         *labels, *counts, offset, "euclidean", [1.0, 0.0, 0.0, 0.0], [-2.0, 0.5, 0.0, 0.0], None,
     )  # fmt: skip
     torch.library.opcheck(masked_similarity_bwd, backward_args)
+    torch.library.opcheck(masked_similarity_bwd, (*backward_args, False))  # a bank: no ref grad
 
 
 def _multi_similarity_like(embeddings, labels):

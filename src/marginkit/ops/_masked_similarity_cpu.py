@@ -29,7 +29,7 @@ __all__ = ["row_gradients", "row_reductions", "similarity_value"]
 
 # Upper bound of one (rows × R) scratch buffer in the accumulation dtype; about 8 of them live
 # at once in the backward.
-_CHUNK_BYTES = 4 * 1024 * 1024
+_CHUNK_BYTES = 2 * 1024 * 1024
 # Squared distances at or below this have distance 0 and derivative 0 (coinciding unit vectors).
 SQUARED_DISTANCE_FLOOR = 1e-12
 
@@ -106,6 +106,48 @@ def _masked_logsumexp(exponent: Tensor, count: Tensor) -> Tensor:
     return torch.logsumexp(shifted, dim=1)
 
 
+def _is_linear(term: list[float]) -> bool:
+    return term[3] == 0.0 and term[0] != 0.0
+
+
+class _LabelChunk:
+    """The label masks of a chunk as one boolean ``same`` matrix (fewer passes than two masks).
+
+    Negatives are ``~same`` (never materialised: ``torch.where`` takes its branches swapped);
+    positives are ``same`` with the own column of each row cleared.
+    """
+
+    def __init__(self, labels, ref_labels, self_offset, begin, end) -> None:
+        n_refs = len(ref_labels)
+        self.negatives_of = labels[begin:end, None] == ref_labels[None, :]
+        self.positives = self.negatives_of.clone()
+        if self_offset >= 0:
+            rows = torch.arange(begin, end, device=labels.device)
+            self.positives[rows - begin, (rows + self_offset) % n_refs] = False
+
+    def where(self, index: int, inside: Tensor | float, outside: Tensor | float) -> Tensor:
+        """``inside`` on the entries of mask ``index`` (0: positives, 1: negatives), else ``outside``."""
+        if index == 0:
+            return torch.where(self.positives, inside, outside)
+        return torch.where(self.negatives_of, outside, inside)
+
+    def count(self, index: int) -> Tensor:
+        if index == 0:
+            return self.positives.sum(1)
+        return self.negatives_of.shape[1] - self.negatives_of.sum(1)
+
+
+def _linear_logsumexp(value: Tensor, chunk: _LabelChunk, index: int, term: list[float]) -> Tensor:
+    """``log Σ_M e^{a (v − d)}`` in five passes: mask, row max, shift·scale, exp, sum."""
+    scale, shift = term[0], term[1]
+    fill = float("-inf") if scale > 0 else float("inf")
+    masked = chunk.where(index, value, fill)
+    top = masked.amax(1) if scale > 0 else masked.amin(1)
+    top = torch.where(torch.isinf(top), 0.0, top)
+    total = masked.sub_(top[:, None]).mul_(scale).exp_().sum(1)
+    return total.log() + scale * (top - shift)
+
+
 def row_reductions(
     embeddings: Tensor,
     references: Tensor,
@@ -125,9 +167,17 @@ def row_reductions(
     masks = _Masks(labels, ref_labels, pos_count, neg_count, self_offset, n_refs)
     outputs = [embeddings.new_empty(batch, dtype=acc_dtype) for _ in range(6)]
     step = rows_per_chunk(n_refs, acc_dtype)
+    fast = pos_count is None and _is_linear(pos_term) and _is_linear(neg_term)
     for begin in range(0, batch, step):
         end = min(begin + step, batch)
         value, _slope = similarity_value(embeddings[begin:end].to(acc_dtype) @ refs.T, distance)
+        if fast:
+            chunk = _LabelChunk(labels, ref_labels, self_offset, begin, end)
+            for index, term in enumerate((pos_term, neg_term)):
+                outputs[index][begin:end] = _linear_logsumexp(value, chunk, index, term)
+                outputs[2 + index][begin:end] = chunk.where(index, value, 0.0).sum(1)
+                outputs[4 + index][begin:end] = chunk.count(index)
+            continue
         for index, (count, term) in enumerate(
             zip(masks.chunk(begin, end, acc_dtype), (pos_term, neg_term), strict=True)
         ):
@@ -151,8 +201,11 @@ def row_gradients(
     distance: str,
     pos_term: list[float],
     neg_term: list[float],
+    references_grad: bool = True,
 ) -> tuple[Tensor, Tensor]:
     r"""``(grad_embeddings, grad_references)`` from the B-vector gradients, chunks recomputed.
+
+    ``references_grad=False``: the references' gradient is not computed ((0, D) returned).
 
     ``grads = [g_lse_pos, g_lse_neg, g_sum_pos, g_sum_neg]`` and ``lse = [lse_pos, lse_neg]``;
     per entry of mask :math:`M`:
@@ -164,12 +217,28 @@ def row_gradients(
     refs = references.to(acc_dtype)
     masks = _Masks(labels, ref_labels, pos_count, neg_count, self_offset, n_refs)
     grad_embeddings = torch.empty(embeddings.shape, dtype=acc_dtype, device=embeddings.device)
-    grad_references = torch.zeros(references.shape, dtype=acc_dtype, device=references.device)
+    ref_rows = references.shape[0] if references_grad else 0
+    grad_references = torch.zeros(
+        ref_rows, references.shape[1], dtype=acc_dtype, device=references.device
+    )
     step = rows_per_chunk(n_refs, acc_dtype)
+    fast = pos_count is None and _is_linear(pos_term) and _is_linear(neg_term)
+    # Which B-vector gradients are non-zero (a loss of log-sum-exps only has zero sum grads).
+    used = [bool(grad.any()) for grad in grads]
     for begin in range(0, batch, step):
         end = min(begin + step, batch)
         rows = embeddings[begin:end].to(acc_dtype)
         value, slope = similarity_value(rows @ refs.T, distance)
+        if fast:
+            grad_value = _linear_grad_value(
+                value, _LabelChunk(labels, ref_labels, self_offset, begin, end),
+                grads, used, lse, (pos_term, neg_term), begin, end,
+            )  # fmt: skip
+            grad_value *= slope
+            grad_embeddings[begin:end] = grad_value @ refs
+            if references_grad:
+                grad_references += grad_value.T @ rows
+            continue
         grad_value = torch.zeros_like(value)
         for index, (count, term) in enumerate(
             zip(masks.chunk(begin, end, acc_dtype), (pos_term, neg_term), strict=True)
@@ -181,5 +250,26 @@ def row_gradients(
             grad_value += count * grads[2 + index][begin:end, None]
         grad_value *= slope
         grad_embeddings[begin:end] = grad_value @ refs
-        grad_references += grad_value.T @ rows
+        if references_grad:
+            grad_references += grad_value.T @ rows
     return grad_embeddings, grad_references
+
+
+def _linear_grad_value(value, chunk, grads, used, lse, terms, begin, end) -> Tensor:
+    r""":math:`\partial\mathcal L/\partial v` of a chunk for linear exponents and label masks:
+    per mask, :math:`[M]\,(g^L a\, e^{a (v - d) - L} + g^S)`, skipping zero gradients."""
+    grad_value = torch.zeros_like(value)
+    for index, (scale, shift, _threshold, _direction) in enumerate(terms):
+        g_lse, g_sum = grads[index][begin:end, None], grads[2 + index][begin:end, None]
+        if not (used[index] or used[2 + index]):
+            continue
+        if used[index]:
+            finite_lse = torch.where(torch.isinf(lse[index][begin:end]), 0.0, lse[index][begin:end])
+            term = value * scale
+            term.sub_((finite_lse + scale * shift)[:, None]).exp_().mul_(g_lse * scale)
+            if used[2 + index]:
+                term.add_(g_sum)
+        else:
+            term = g_sum.expand_as(value)
+        grad_value += chunk.where(index, term, 0.0)
+    return grad_value

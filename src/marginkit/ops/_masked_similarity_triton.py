@@ -531,6 +531,7 @@ def row_gradients(
     distance: str,
     pos_term: list[float],
     neg_term: list[float],
+    references_grad: bool = True,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -539,12 +540,13 @@ def row_gradients(
     if embeddings.shape[1] > MAX_FEATURES:
         return _cpu.row_gradients(
             grads, lse, embeddings, references, labels, ref_labels, pos_count, neg_count,
-            self_offset, distance, pos_term, neg_term,
+            self_offset, distance, pos_term, neg_term, references_grad,
         )  # fmt: skip
     acc_dtype = accumulation_dtype(embeddings.dtype)
     batch, n_refs, n_features = embeddings.shape[0], references.shape[0], embeddings.shape[1]
     grad_embeddings = torch.zeros(batch, n_features, dtype=acc_dtype, device=embeddings.device)
-    grad_references = torch.zeros(n_refs, n_features, dtype=acc_dtype, device=embeddings.device)
+    ref_rows = n_refs if references_grad else 0
+    grad_references = torch.zeros(ref_rows, n_features, dtype=acc_dtype, device=embeddings.device)
     if batch == 0 or n_refs == 0:
         return grad_embeddings, grad_references
     vectors = torch.stack([*[g.to(acc_dtype) for g in grads], *lse]).contiguous()
@@ -558,7 +560,8 @@ def row_gradients(
     _grad_rows_kernel[(triton.cdiv(batch, blocks["BLOCK_M"]),)](
         *pointers, vectors, grad_embeddings, *arguments, **options
     )
-    _grad_refs_kernel[(triton.cdiv(n_refs, blocks["BLOCK_N"]),)](
-        *pointers, vectors, grad_references, *arguments, **options
-    )
+    if references_grad:
+        _grad_refs_kernel[(triton.cdiv(n_refs, blocks["BLOCK_N"]),)](
+            *pointers, vectors, grad_references, *arguments, **options
+        )
     return grad_embeddings, grad_references

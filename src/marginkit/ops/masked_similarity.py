@@ -207,8 +207,13 @@ def _backward_kernel(pick):
         pos_term: list[float],
         neg_term: list[float],
         impl: str | None,
+        references_grad: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """``(grad_embeddings, grad_references)`` in the inputs' dtypes, blocks recomputed."""
+        """``(grad_embeddings, grad_references)`` in the inputs' dtypes, blocks recomputed.
+
+        ``references_grad=False`` (references without gradient: a memory bank) skips the
+        references' product and returns an empty (0, D) tensor for them.
+        """
         grad_embeddings, grad_references = pick(embeddings.device.type, impl).row_gradients(
             [grad_lse_pos, grad_lse_neg, grad_sum_pos, grad_sum_neg],
             [lse_pos, lse_neg],
@@ -222,6 +227,7 @@ def _backward_kernel(pick):
             distance,
             pos_term,
             neg_term,
+            references_grad=references_grad,
         )
         return grad_embeddings.to(embeddings.dtype), grad_references.to(references.dtype)
 
@@ -237,6 +243,9 @@ masked_similarity_bwd.register_kernel("cuda")(_backward_kernel(_cuda_kernels))
 @masked_similarity_bwd.register_fake
 def _masked_similarity_bwd_fake(*args):
     embeddings, references = args[6], args[7]
+    references_grad = args[17] if len(args) > 17 else True
+    if not references_grad:
+        return torch.empty_like(embeddings), references.new_empty((0, references.shape[1]))
     return torch.empty_like(embeddings), torch.empty_like(references)
 
 
@@ -276,7 +285,10 @@ def _backward(ctx, grad_lse_pos, grad_lse_neg, grad_sum_pos, grad_sum_neg, _gn_p
             pos_term,
             neg_term,
             impl,
+            ctx.needs_input_grad[1],
         )
+        if not ctx.needs_input_grad[1]:
+            grad_references = None
     return grad_embeddings, grad_references, *([None] * 10)
 
 
