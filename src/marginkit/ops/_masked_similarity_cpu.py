@@ -148,6 +148,12 @@ def _linear_logsumexp(value: Tensor, chunk: _LabelChunk, index: int, term: list[
     return total.log() + scale * (top - shift)
 
 
+def _general_logsumexp(value: Tensor, chunk: _LabelChunk, index: int, term: list[float]) -> Tensor:
+    """``log Σ_M e^{φ(v)}`` of any exponent on label masks (no pair counts to take logs of)."""
+    exponent, _ = _exponent(value, term)
+    return torch.logsumexp(chunk.where(index, exponent, float("-inf")), dim=1)
+
+
 def row_reductions(
     embeddings: Tensor,
     references: Tensor,
@@ -167,14 +173,15 @@ def row_reductions(
     masks = _Masks(labels, ref_labels, pos_count, neg_count, self_offset, n_refs)
     outputs = [embeddings.new_empty(batch, dtype=acc_dtype) for _ in range(6)]
     step = rows_per_chunk(n_refs, acc_dtype)
-    fast = pos_count is None and _is_linear(pos_term) and _is_linear(neg_term)
+    by_labels = pos_count is None
     for begin in range(0, batch, step):
         end = min(begin + step, batch)
         value, _slope = similarity_value(embeddings[begin:end].to(acc_dtype) @ refs.T, distance)
-        if fast:
+        if by_labels:
             chunk = _LabelChunk(labels, ref_labels, self_offset, begin, end)
             for index, term in enumerate((pos_term, neg_term)):
-                outputs[index][begin:end] = _linear_logsumexp(value, chunk, index, term)
+                reduce = _linear_logsumexp if _is_linear(term) else _general_logsumexp
+                outputs[index][begin:end] = reduce(value, chunk, index, term)
                 outputs[2 + index][begin:end] = chunk.where(index, value, 0.0).sum(1)
                 outputs[4 + index][begin:end] = chunk.count(index)
             continue
@@ -222,15 +229,15 @@ def row_gradients(
         ref_rows, references.shape[1], dtype=acc_dtype, device=references.device
     )
     step = rows_per_chunk(n_refs, acc_dtype)
-    fast = pos_count is None and _is_linear(pos_term) and _is_linear(neg_term)
+    by_labels = pos_count is None
     # Which B-vector gradients are non-zero (a loss of log-sum-exps only has zero sum grads).
     used = [bool(grad.any()) for grad in grads]
     for begin in range(0, batch, step):
         end = min(begin + step, batch)
         rows = embeddings[begin:end].to(acc_dtype)
         value, slope = similarity_value(rows @ refs.T, distance)
-        if fast:
-            grad_value = _linear_grad_value(
+        if by_labels:
+            grad_value = _label_grad_value(
                 value, _LabelChunk(labels, ref_labels, self_offset, begin, end),
                 grads, used, lse, (pos_term, neg_term), begin, end,
             )  # fmt: skip
@@ -255,21 +262,27 @@ def row_gradients(
     return grad_embeddings, grad_references
 
 
-def _linear_grad_value(value, chunk, grads, used, lse, terms, begin, end) -> Tensor:
-    r""":math:`\partial\mathcal L/\partial v` of a chunk for linear exponents and label masks:
-    per mask, :math:`[M]\,(g^L a\, e^{a (v - d) - L} + g^S)`, skipping zero gradients."""
+def _label_grad_value(value, chunk, grads, used, lse, terms, begin, end) -> Tensor:
+    r""":math:`\partial\mathcal L/\partial v` of a chunk on label masks: per mask,
+    :math:`[M]\,(g^L e^{\varphi(v) - L} \varphi'(v) + g^S)`, skipping zero gradients."""
     grad_value = torch.zeros_like(value)
-    for index, (scale, shift, _threshold, _direction) in enumerate(terms):
+    for index, term in enumerate(terms):
         g_lse, g_sum = grads[index][begin:end, None], grads[2 + index][begin:end, None]
         if not (used[index] or used[2 + index]):
             continue
         if used[index]:
-            finite_lse = torch.where(torch.isinf(lse[index][begin:end]), 0.0, lse[index][begin:end])
-            term = value * scale
-            term.sub_((finite_lse + scale * shift)[:, None]).exp_().mul_(g_lse * scale)
+            row_lse = lse[index][begin:end]
+            finite_lse = torch.where(torch.isinf(row_lse), 0.0, row_lse)[:, None]
+            if _is_linear(term):
+                scale, shift = term[0], term[1]
+                part = value * scale
+                part.sub_(finite_lse + scale * shift).exp_().mul_(g_lse * scale)
+            else:
+                exponent, derivative = _exponent(value, term)
+                part = exponent.sub_(finite_lse).exp_().mul_(derivative).mul_(g_lse)
             if used[2 + index]:
-                term.add_(g_sum)
+                part.add_(g_sum)
         else:
-            term = g_sum.expand_as(value)
-        grad_value += chunk.where(index, term, 0.0)
+            part = g_sum.expand_as(value)
+        grad_value += chunk.where(index, part, 0.0)
     return grad_value
