@@ -47,7 +47,6 @@ def precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor) -> float:
     return (labels[similarity.argmax(1)] == labels).float().mean().item()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_loss_retrieves_unseen_digits_better_than_raw_inputs(name):
     make, options = CASES[name]
