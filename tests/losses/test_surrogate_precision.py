@@ -96,11 +96,20 @@ def test_well_separated_classes_reach_precision_one():
     assert math.isfinite(loss.item())
 
 
-def test_k_larger_than_the_gallery_raises():
-    features, labels = torch.randn(5, 2), torch.tensor([0, 0, 1, 1, 1])
-    SurrogatePrecision(k=4)(features, labels)  # gallery = 4 other items
-    with pytest.raises(ValueError, match=r"`k` must be at most the gallery size .* = 4\), got 5"):
-        SurrogatePrecision(k=5)(features, labels)
+def test_k_larger_than_the_gallery_is_clamped_with_one_warning():
+    """OML's surrogate_precision clamps k to the gallery (4 other items here): k = 4 is used."""
+    features = torch.randn(5, 2, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    loss_fn = SurrogatePrecision(k=5, reduction="none")
+    with pytest.warns(UserWarning, match=r"`k` \(5\) is larger than the gallery .* using k = 4"):
+        clamped = loss_fn(features, labels)
+    expected = _surrogate_by_loops(features, labels.tolist(), 4, 1.0, 0.01)
+    torch.testing.assert_close(clamped, expected)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per loss: the second batch does not warn again
+        torch.testing.assert_close(loss_fn(features, labels), expected)
 
 
 def test_registry_and_pk_batches():

@@ -43,6 +43,17 @@ _EXPORTS: dict[str, str] = {
     "TripletLossWithMiner": "triplet",
     "ContrastiveLoss": "contrastive",
     "SurrogatePrecision": "surrogate_precision",
+    "MultiSimilarityLoss": "multi_similarity",
+    "CircleLoss": "circle",
+    "SupConLoss": "supcon",
+    "NTXentLoss": "supcon",
+    "ProxyAnchorLoss": "proxy",
+    "ProxyNCALoss": "proxy",
+    "LiftedStructureLoss": "lifted",
+    "GeneralizedLiftedStructureLoss": "lifted",
+    "NPairsLoss": "npairs",
+    "FastAPLoss": "fastap",
+    "CrossBatchMemory": "cross_batch_memory",
 }
 
 __all__ = [*sorted(_EXPORTS), "get_loss", "get_loss_list"]

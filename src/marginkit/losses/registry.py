@@ -38,6 +38,17 @@ _REGISTRY: dict[str, str] = {
     "triplet": "triplet:TripletLossWithMiner",
     "contrastive": "contrastive:ContrastiveLoss",
     "surrogate_precision": "surrogate_precision:SurrogatePrecision",
+    # similarity pair and proxy losses (pytorch-metric-learning's), on the masked-similarity op
+    "multi_similarity": "multi_similarity:MultiSimilarityLoss",
+    "circle": "circle:CircleLoss",
+    "supcon": "supcon:SupConLoss",
+    "ntxent": "supcon:NTXentLoss",
+    "proxy_anchor": "proxy:ProxyAnchorLoss",
+    "proxy_nca": "proxy:ProxyNCALoss",
+    "lifted_structure": "lifted:LiftedStructureLoss",
+    "generalized_lifted_structure": "lifted:GeneralizedLiftedStructureLoss",
+    "npairs": "npairs:NPairsLoss",
+    "fastap": "fastap:FastAPLoss",
 }
 
 

@@ -2,6 +2,8 @@ r"""A differentiable Precision@k over a batch (Patel, Tolias & Matas 2022; OML's
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -47,8 +49,9 @@ class SurrogatePrecision(nn.Module):
     stays O(B² + budget) instead of OML's B×B×B tensor.
 
     Args:
-        k: the :math:`k` of Precision@k, at most B − 1 (the gallery of each query) for every
-            batch it sees (``ValueError`` otherwise).
+        k: the :math:`k` of Precision@k. A batch whose gallery (B − 1 items per query) is
+            smaller uses :math:`k = B - 1` instead, as OML's ``surrogate_precision`` clamps it,
+            with a ``UserWarning`` the first time.
         temperature1: :math:`\tau_1 > 0`, of the sigmoid replacing "rank ≤ k".
         temperature2: :math:`\tau_2 > 0`, of the sigmoid replacing "closer than".
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over queries, of :math:`1 - P_q`).
@@ -89,6 +92,7 @@ class SurrogatePrecision(nn.Module):
         self.reduction = reduction
         self.memory_budget = check_positive_int("memory_budget", memory_budget)
         self.last_logs: dict[str, float] = {}
+        self._warned_k = False
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Return ``1 − P_q`` over the queries of the batch ``features`` (B, D), reduced."""
@@ -96,11 +100,7 @@ class SurrogatePrecision(nn.Module):
             features, labels = gather_batch(features, labels)
         labels = check_features_and_labels(features, labels)
         batch = len(labels)
-        if self.k > batch - 1:
-            raise ValueError(
-                f"`k` must be at most the gallery size of each query (batch size - 1 = "
-                f"{batch - 1}), got {self.k}"
-            )
+        k = self._clamped_k(batch - 1)
         distances = pairwise_distances(features)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
         n_relevant = same.sum(1)
@@ -118,21 +118,38 @@ class SurrogatePrecision(nn.Module):
         blocks = [slice(s, min(s + rows_per_block, batch)) for s in range(0, batch, rows_per_block)]
         numerators = []
         for rows in blocks:
-            arguments = (distances[rows], relevant_idx[rows], invalid[rows])
+            arguments = (distances[rows], relevant_idx[rows], invalid[rows], k)
             if len(blocks) > 1 and torch.is_grad_enabled() and distances.requires_grad:
                 numerators.append(checkpoint(self._numerator, *arguments, use_reentrant=False))
             else:
                 numerators.append(self._numerator(*arguments))
-        precision = torch.cat(numerators) / n_relevant.clamp_max(self.k + 1).to(distances.dtype)
+        precision = torch.cat(numerators) / n_relevant.clamp_max(k + 1).to(distances.dtype)
         self._log(precision, distances, labels)
         return reduce_loss(1.0 - precision, self.reduction)
 
-    def _numerator(self, row_distances: Tensor, relevant_idx: Tensor, invalid: Tensor) -> Tensor:
+    def _clamped_k(self, gallery: int) -> int:
+        """``k``, or the gallery size when smaller (OML's clamp), warning once per instance."""
+        if self.k <= gallery:
+            return self.k
+        if not self._warned_k:
+            warnings.warn(
+                f"`k` ({self.k}) is larger than the gallery of each query (batch size - 1 = "
+                f"{gallery}): using k = {gallery} (OML's surrogate_precision clamps k too); "
+                "this warning is shown once",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._warned_k = True
+        return max(gallery, 1)
+
+    def _numerator(
+        self, row_distances: Tensor, relevant_idx: Tensor, invalid: Tensor, k: int
+    ) -> Tensor:
         """Σ over the relevant items of each query of σ((k' − rank) / τ1), for a block of rows."""
         relevant_distances = row_distances.gather(1, relevant_idx)
         closer = torch.sub(relevant_distances.unsqueeze(2), row_distances.unsqueeze(1))
         rank = closer.div_(self.temperature2).sigmoid_().sum(2)
-        within_k = torch.sigmoid((self.k + 1 - rank) / self.temperature1)
+        within_k = torch.sigmoid((k + 1 - rank) / self.temperature1)
         return within_k.masked_fill(invalid, 0.0).sum(1)
 
     def _log(self, precision: Tensor, distances: Tensor, labels: Tensor) -> None:

@@ -124,34 +124,61 @@ class NHardTripletsMiner(TripletMiner):
     are ordered by anchor, then positive rank, then negative rank. ``NHardTripletsMiner(1, 1)``
     is :class:`HardTripletsMiner` (batch-hard, Hermans et al. 2017).
 
+    OML's ranges: ``n_positive=(lo, hi)`` takes the positives of hardness ranks ``lo`` to
+    ``hi − 1`` (0 is the hardest; a Python slice, so ``(0, n)`` is ``n``), and the same for
+    ``n_negative``; an anchor with fewer than ``lo + 1`` positives gets none from the range.
+
     Args:
-        n_positive: hardest positives per anchor (≥ 1).
-        n_negative: hardest negatives per anchor (≥ 1).
+        n_positive: hardest positives per anchor (≥ 1), or a ``(lo, hi)`` range of ranks.
+        n_negative: hardest negatives per anchor (≥ 1), or a ``(lo, hi)`` range of ranks.
 
     Example:
         >>> features = torch.tensor([[0.0], [1.0], [3.0], [2.5], [9.0]])
         >>> miner = NHardTripletsMiner(n_positive=1, n_negative=2)
         >>> [t.tolist() for t in miner(features, torch.tensor([0, 0, 0, 1, 1]))][0]
         [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+        >>> ranged = NHardTripletsMiner(n_positive=(1, 2), n_negative=(0, 1))  # 2nd-hardest positive
+        >>> [t.tolist() for t in ranged(features, torch.tensor([0, 0, 0, 1, 1]))]
+        [[0, 1, 2], [1, 0, 1], [3, 3, 3]]
     """
 
-    def __init__(self, n_positive: int = 1, n_negative: int = 1) -> None:
-        self.n_positive = check_positive_int("n_positive", n_positive)
-        self.n_negative = check_positive_int("n_negative", n_negative)
+    def __init__(
+        self, n_positive: int | tuple[int, int] = 1, n_negative: int | tuple[int, int] = 1
+    ) -> None:
+        self.n_positive = _check_ranks("n_positive", n_positive)
+        self.n_negative = _check_ranks("n_negative", n_negative)
 
     def mine(self, distances: Tensor, labels: Tensor) -> Triplets:
         positive, negative = pair_masks(labels)
         batch = len(labels)
-        n_pos_slots, n_neg_slots = min(self.n_positive, batch), min(self.n_negative, batch)
+        pos_low, pos_high = _rank_range(self.n_positive, batch)
+        neg_low, neg_high = _rank_range(self.n_negative, batch)
         far_first = distances.masked_fill(~positive, float("-inf"))
-        pos_idx = far_first.sort(dim=1, descending=True, stable=True).indices[:, :n_pos_slots]
+        pos_idx = far_first.sort(dim=1, descending=True, stable=True).indices[:, pos_low:pos_high]
         near_first = distances.masked_fill(~negative, float("inf"))
-        neg_idx = near_first.sort(dim=1, stable=True).indices[:, :n_neg_slots]
+        neg_idx = near_first.sort(dim=1, stable=True).indices[:, neg_low:neg_high]
         slots = torch.arange(batch, device=labels.device)
-        pos_ok = slots[:n_pos_slots] < positive.sum(1, keepdim=True)
-        neg_ok = slots[:n_neg_slots] < negative.sum(1, keepdim=True)
+        pos_ok = slots[pos_low:pos_high] < positive.sum(1, keepdim=True)
+        neg_ok = slots[neg_low:neg_high] < negative.sum(1, keepdim=True)
         anchors, pos_slot, neg_slot = (pos_ok[:, :, None] & neg_ok[:, None, :]).nonzero().unbind(1)
         return anchors, pos_idx[anchors, pos_slot], neg_idx[anchors, neg_slot]
+
+
+def _check_ranks(name: str, value: object) -> int | tuple[int, int]:
+    """A positive int, or OML's ``(lo, hi)`` range of ranks with ``0 <= lo < hi``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise TypeError(f"`{name}` must be an int or a (lo, hi) pair of ints, got {value!r}")
+        low, high = value
+        if not 0 <= low < high:
+            raise ValueError(f"`{name}` range must have 0 <= lo < hi, got {tuple(value)}")
+        return (low, high)
+    return check_positive_int(name, value)
+
+
+def _rank_range(ranks: int | tuple[int, int], batch: int) -> tuple[int, int]:
+    low, high = (0, ranks) if isinstance(ranks, int) else ranks
+    return min(low, batch), min(high, batch)
 
 
 class HardTripletsMiner(TripletMiner):

@@ -6,6 +6,8 @@
   signature);
 * :func:`combined_margin`: the margin-modified (unscaled) logits, OneFlow's
   ``combined_margin_loss``;
+* :func:`masked_similarity_reductions`: masked row log-sum-exps and sums over a similarity
+  matrix computed blockwise (the pair and proxy losses);
 * the margin maths on N-length vectors (:func:`target_angle`, :func:`arccos_floored`,
   :func:`combined_margin_logit`, :func:`margin_softmax_loss`), shared by all.
 """
@@ -27,6 +29,11 @@ from marginkit.ops.linear_margin_cross_entropy import (
     linear_target_terms,
 )
 from marginkit.ops.margin_cross_entropy import margin_cross_entropy
+from marginkit.ops.masked_similarity import (
+    Exponent,
+    MaskedRowReductions,
+    masked_similarity_reductions,
+)
 from marginkit.ops.target_logsumexp import TargetLogSumExp, target_logsumexp
 
 __all__ = [
@@ -34,7 +41,9 @@ __all__ = [
     "IMPLS",
     "MARGIN_FALLBACKS",
     "REDUCTIONS",
+    "Exponent",
     "LinearTargetTerms",
+    "MaskedRowReductions",
     "TargetLogSumExp",
     "arccos_floored",
     "combined_margin",
@@ -44,6 +53,7 @@ __all__ = [
     "linear_target_terms",
     "margin_cross_entropy",
     "margin_softmax_loss",
+    "masked_similarity_reductions",
     "target_angle",
     "target_logsumexp",
 ]
